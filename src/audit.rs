@@ -1,0 +1,152 @@
+//! The audit log: one JSON object per line for every connection, DNS query and (later) HTTP request a
+//! sandbox makes, with who, where, how much and the verdict. Records are built from fields that never hold
+//! a secret value. One writer task owns the file, so lines never interleave; a full queue slows the proxies
+//! down rather than dropping records.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::lifecycle::Sandbox;
+
+const QUEUE: usize = 8192;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Https,
+    TlsPassthrough,
+    Tcp,
+    Dns,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Injected,
+    Passed,
+    Denied,
+    Error,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub time: String,
+    pub sandbox: String,
+    pub uid: u32,
+    pub profile: String,
+    pub kind: Kind,
+    pub destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integration: Option<String>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Record {
+    pub fn new(sandbox: &Sandbox, kind: Kind, destination: SocketAddr) -> Record {
+        Record {
+            time: String::new(),
+            sandbox: sandbox.id.clone(),
+            uid: sandbox.caller.uid,
+            profile: sandbox.profile.name.clone(),
+            kind,
+            destination: destination.to_string(),
+            sni: None,
+            method: None,
+            host: None,
+            path: None,
+            status: None,
+            integration: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            verdict: Verdict::Passed,
+            error: None,
+        }
+    }
+
+    /// Stamps the end of the connection: the time written is when it ended, the duration since `started`.
+    pub fn finish(&mut self, verdict: Verdict, error: Option<String>, started: Instant) {
+        self.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.duration_ms = started.elapsed().as_millis() as u64;
+        self.verdict = verdict;
+        self.error = error;
+    }
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    queue: mpsc::Sender<Record>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source} (set daemon.audit_log to a writable path)")]
+pub struct AuditError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+impl Audit {
+    /// Opens (creating, mode 0640, with its directory) the log and starts the writer task.
+    pub fn open(path: &Path) -> Result<Audit, AuditError> {
+        let error = |source| AuditError {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(error)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)
+            .map_err(error)?;
+        let (queue, mut records) = mpsc::channel::<Record>(QUEUE);
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(file);
+                while let Some(record) = records.blocking_recv() {
+                    let mut write = |record: &Record| -> std::io::Result<()> {
+                        serde_json::to_writer(&mut out, record)?;
+                        out.write_all(b"\n")
+                    };
+                    let mut result = write(&record);
+                    while let Ok(more) = records.try_recv() {
+                        result = result.and_then(|()| write(&more));
+                    }
+                    if let Err(error) = result.and_then(|()| out.flush()) {
+                        tracing::error!(%error, path = %path.display(), "writing the audit log");
+                    }
+                }
+            })
+            .map_err(error)?;
+        Ok(Audit { queue })
+    }
+
+    pub async fn log(&self, record: Record) {
+        let _ = self.queue.send(record).await;
+    }
+}

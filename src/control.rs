@@ -1,0 +1,244 @@
+//! The daemon's control socket: binds it (directory, mode, group, stale socket), accepts clients, learns
+//! who they are from the kernel (SO_PEERCRED, SO_PEERGROUPS — never from anything they send), reads one
+//! versioned request with its file descriptors, and hands it to the sandbox lifecycle. A client that
+//! sends garbage, stalls, or floods the socket costs a bounded amount and is dropped.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::lifecycle::{Caller, Daemon};
+use crate::protocol::{self, FrameError, Reply, Request};
+
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections that have not yet sent a complete request; past this, new ones are closed at once.
+const MAX_PENDING: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("creating socket directory {path}: {source}")]
+    Directory { path: String, source: io::Error },
+    #[error("another daemon is already listening on {0}; stop it first (systemctl stop sandbox)")]
+    InUse(String),
+    #[error("binding {path}: {source}")]
+    Bind { path: String, source: io::Error },
+    #[error(
+        "socket_group {0:?} does not exist; create it (groupadd {0}) or change daemon.socket_group"
+    )]
+    NoGroup(String),
+    #[error("setting owner/mode of {path}: {source}")]
+    Permissions { path: String, source: io::Error },
+}
+
+/// Binds the control socket: mode 0660 and group `group` when one is configured (members may call
+/// `sandbox exec`; the profiles still decide what each caller gets), else 0666 and the profiles alone
+/// decide. A socket left by a dead daemon is replaced; a live one is an error.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlError> {
+    let display = path.display().to_string();
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|source| ControlError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(
+                |source| ControlError::Directory {
+                    path: dir.display().to_string(),
+                    source,
+                },
+            )?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(display));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| ControlError::NoGroup(name.to_string()))?
+                .gid,
+        ),
+        None => None,
+    };
+    let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+        path: display.clone(),
+        source,
+    })?;
+    let mode = if gid.is_some() { 0o660 } else { 0o666 };
+    let permissions = || -> io::Result<()> {
+        if let Some(gid) = gid {
+            nix::unistd::chown(path, None, Some(gid))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    permissions().map_err(|source| ControlError::Permissions {
+        path: display,
+        source,
+    })?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept on the control socket failed");
+                // EMFILE and friends: give the system a moment instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!("too many clients still sending their request; dropping a connection");
+            continue;
+        };
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await;
+            drop(permit);
+            let (request, fds) = match request {
+                Ok(Ok(received)) => received,
+                Ok(Err(FrameError::Closed)) => return,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "bad request on the control socket");
+                    reply_error(stream, &error.to_string()).await;
+                    return;
+                }
+                Err(_) => {
+                    reply_error(stream, "no request within 10 s").await;
+                    return;
+                }
+            };
+            let caller = match identify(&stream).await {
+                Ok(caller) => caller,
+                Err(error) => {
+                    reply_error(stream, &format!("cannot identify the caller: {error}")).await;
+                    return;
+                }
+            };
+            match request {
+                Request::Exec(exec) => daemon.run_exec(stream, caller, exec, fds).await,
+                Request::List => {
+                    let sandboxes = daemon.list(&caller);
+                    let _ = send(&mut { stream }, &Reply::List { sandboxes }).await;
+                }
+            }
+        });
+    }
+}
+
+pub async fn send(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
+    let frame = protocol::encode(reply).map_err(io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
+async fn reply_error(mut stream: UnixStream, message: &str) {
+    let _ = send(
+        &mut stream,
+        &Reply::Error {
+            message: message.to_string(),
+        },
+    )
+    .await;
+}
+
+/// Reads exactly one request frame, collecting the descriptors that came with it. Descriptors beyond the
+/// three standard streams are closed (they are dropped with the vector's other elements by the caller).
+async fn read_request(stream: &UnixStream) -> Result<(Request, Vec<OwnedFd>), FrameError> {
+    let mut buffer = Vec::new();
+    let mut fds = Vec::new();
+    loop {
+        if let Some(body) = protocol::take_frame(&mut buffer)? {
+            if !buffer.is_empty() {
+                return Err(FrameError::Malformed(serde::de::Error::custom(
+                    "data after the request; send one request per connection",
+                )));
+            }
+            return Ok((protocol::decode_request(&body)?, fds));
+        }
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || {
+            protocol::recv_with_fds(stream, &mut buffer, &mut fds)
+        }) {
+            Ok(0) => return Err(FrameError::Closed),
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error.into()),
+        }
+        if fds.len() > 3 {
+            return Err(FrameError::Malformed(serde::de::Error::custom(
+                "more than three file descriptors",
+            )));
+        }
+    }
+}
+
+async fn identify(stream: &UnixStream) -> io::Result<Caller> {
+    let credentials = stream.peer_cred()?;
+    let groups = peer_groups(stream)?;
+    let uid = credentials.uid();
+    let gid = credentials.gid();
+    // Name service lookups may block (LDAP, sssd): keep them off the async workers.
+    tokio::task::spawn_blocking(move || Caller::lookup(uid, gid, groups))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// The caller's supplementary groups as the kernel saw them when it connected.
+fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0 as libc::gid_t; 256];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: the buffer is valid for `len` bytes and the kernel writes at most that much.
+        let result = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if result == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// Used by `Caller::lookup`.
+pub fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+pub fn group_name(gid: u32) -> Option<String> {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|group| group.name)
+}

@@ -1,0 +1,259 @@
+//! The daemon's start, reload and stop, in that order: validate the config before touching anything; clear
+//! what a killed daemon left; bind the transparent listeners, then point nftables and policy routing at
+//! them; open the control socket last, so a client never reaches a half-built daemon. SIGHUP swaps the
+//! config for new sandboxes; SIGTERM ends the sandboxes (SIGTERM, then SIGKILL after a grace period) and
+//! removes every kernel object the daemon made.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::lifecycle::{Daemon, SandboxNetwork, GRACE};
+use crate::netlink::Netlink;
+use crate::nft::{self, RulesetParams};
+use crate::pool::AddressPool;
+use crate::{control, dns, tproxy};
+
+/// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
+pub const MARK: u32 = 0x5ba;
+pub const ROUTE_TABLE: u32 = 0x5ba;
+/// Host-side veth names: `sbx<slot>`. Anything with this prefix at start-up is a leftover.
+pub const LINK_PREFIX: &str = "sbx";
+
+/// Loads and validates the config and its secrets; the error text is what the operator sees.
+pub fn load(path: &Path) -> Result<Config, String> {
+    let config = Config::load(path).map_err(|error| error.to_string())?;
+    config.load_secrets().map_err(|error| error.to_string())?;
+    Ok(config)
+}
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "the daemon must run as root (it creates network namespaces, veths and nftables rules)"
+        );
+    }
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sandbox-daemon")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// Each relayed connection holds two descriptors; the default soft limit of 1024 is far too low.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+struct Listeners {
+    tcp: Vec<tokio::net::TcpListener>,
+    dns: Vec<tokio::net::UdpSocket>,
+    tcp_port: u16,
+    dns_port: u16,
+}
+
+/// Binds the TCP and DNS listeners on loopback, IPv6 with the same port numbers as IPv4 so one port per
+/// kind serves both families in the nftables rules.
+fn bind_listeners(ipv6: bool) -> anyhow::Result<Listeners> {
+    let v4 = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let v6 = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
+    let mut last_error = None;
+    for _ in 0..20 {
+        let tcp4 = tproxy::tcp_listener(v4(0)).context("binding the transparent TCP listener")?;
+        let tcp_port = tcp4.local_addr()?.port();
+        let dns4 = dns::udp_socket(v4(0)).context("binding the DNS relay")?;
+        let dns_port = dns4.local_addr()?.port();
+        if !ipv6 {
+            return Ok(Listeners {
+                tcp: vec![tcp4],
+                dns: vec![dns4],
+                tcp_port,
+                dns_port,
+            });
+        }
+        match (
+            tproxy::tcp_listener(v6(tcp_port)),
+            dns::udp_socket(v6(dns_port)),
+        ) {
+            (Ok(tcp6), Ok(dns6)) => {
+                return Ok(Listeners {
+                    tcp: vec![tcp4, tcp6],
+                    dns: vec![dns4, dns6],
+                    tcp_port,
+                    dns_port,
+                })
+            }
+            (Err(error), _) | (_, Err(error)) => last_error = Some(error),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "binding IPv6 listeners on [::1]: {}",
+        last_error.map(|e| e.to_string()).unwrap_or_default()
+    ))
+}
+
+/// IPv6 is used when the config asks for it and the host has it (a loopback address to listen on).
+fn ipv6_usable(config: &Config) -> bool {
+    config.daemon.subnet6.is_some()
+        && std::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).is_ok()
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let netlink = Netlink::connect().context("opening a netlink socket")?;
+    let leftovers = netlink
+        .delete_links_with_prefix(LINK_PREFIX)
+        .await
+        .context("removing veths left by a previous daemon")?;
+    if !leftovers.is_empty() {
+        tracing::warn!(
+            count = leftovers.len(),
+            "removed veths left by a previous daemon"
+        );
+    }
+    let ipv6 = ipv6_usable(&config);
+    if config.daemon.subnet6.is_some() && !ipv6 {
+        tracing::warn!(
+            "daemon.subnet6 is set but this host has no IPv6 loopback; sandboxes get IPv4 only"
+        );
+    }
+    let listeners = bind_listeners(ipv6)?;
+    nft::install(RulesetParams {
+        mark: MARK,
+        tcp_port: listeners.tcp_port,
+        tls_port: listeners.tcp_port,
+        dns_port: listeners.dns_port,
+        networks: networks(&config),
+    })
+    .await
+    .context(
+        "installing the nftables table inet sandbox (is nftables installed? `sandbox doctor`)",
+    )?;
+    netlink
+        .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
+        .await
+        .context("installing policy routing for TPROXY")?;
+
+    let audit = Audit::open(&config.daemon.audit_log)?;
+    let mut pool = AddressPool::new(config.daemon.subnet, config.daemon.subnet6.filter(|_| ipv6));
+    // Slot 0 is never a sandbox: its host address is where the DNS relay answers, an address no
+    // interface has, so answering from it never collides with a real service.
+    let relay_slot = pool.allocate().context("daemon.subnet has no room")?;
+    let mut dns_addresses = vec![IpAddr::V4(relay_slot.host_v4)];
+    dns_addresses.extend(relay_slot.host_v6.filter(|_| ipv6).map(IpAddr::V6));
+
+    let control = control::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let daemon = Arc::new(Daemon::new(
+        config.clone(),
+        pool,
+        netlink,
+        audit,
+        SandboxNetwork {
+            ipv6,
+            dns_addresses,
+            networks: networks(&config),
+        },
+        stopping,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::serve(control, daemon.clone()));
+    for listener in listeners.tcp {
+        tasks.spawn(tproxy::serve(listener, daemon.clone()));
+    }
+    for socket in listeners.dns {
+        tasks.spawn(dns::serve(socket, daemon.clone()));
+    }
+    tasks.spawn(tproxy::refresh_host_addresses(daemon.clone()));
+    tracing::info!(
+        socket = %config.daemon.socket.display(), subnet = %config.daemon.subnet, ipv6,
+        tcp_port = listeners.tcp_port, dns_port = listeners.dns_port, "ready"
+    );
+
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&daemon),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+
+    tracing::info!(
+        sandboxes = daemon.live_pids().len(),
+        "stopping: ending sandboxes"
+    );
+    let _ = stop.send(true);
+    if tokio::time::timeout(GRACE + Duration::from_secs(5), daemon.wait_idle())
+        .await
+        .is_err()
+    {
+        tracing::error!("sandboxes did not end in time; removing their network anyway");
+    }
+    tasks.abort_all();
+    let mut failed = false;
+    if let Err(error) = nft::remove().await {
+        tracing::error!(%error, "removing the nftables table");
+        failed = true;
+    }
+    if let Err(error) = daemon
+        .netlink
+        .remove_policy_routing(MARK, ROUTE_TABLE)
+        .await
+    {
+        tracing::error!(%error, "removing policy routing");
+        failed = true;
+    }
+    if let Err(error) = daemon.netlink.delete_links_with_prefix(LINK_PREFIX).await {
+        tracing::error!(%error, "removing veths");
+        failed = true;
+    }
+    let _ = std::fs::remove_file(&config.daemon.socket);
+    if failed {
+        anyhow::bail!("some kernel objects could not be removed; see the errors above");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn networks(config: &Config) -> Vec<IpNet> {
+    let mut networks = vec![IpNet::V4(config.daemon.subnet)];
+    networks.extend(config.daemon.subnet6.map(IpNet::V6));
+    networks
+}
+
+fn reload(daemon: &Daemon) {
+    let current = daemon.config();
+    match load(&current.path) {
+        Ok(new) => {
+            let d = (&current.daemon, &new.daemon);
+            if d.0.socket != d.1.socket
+                || d.0.subnet != d.1.subnet
+                || d.0.subnet6 != d.1.subnet6
+                || d.0.audit_log != d.1.audit_log
+                || d.0.socket_group != d.1.socket_group
+            {
+                tracing::warn!("daemon.socket, socket_group, subnet, subnet6 and audit_log take effect only after a restart");
+            }
+            daemon.set_config(Arc::new(new));
+            tracing::info!(config = %current.path.display(), "config reloaded; new sandboxes use it");
+        }
+        Err(error) => {
+            tracing::error!("config reload failed, keeping the previous config: {error}");
+        }
+    }
+}

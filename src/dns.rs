@@ -1,0 +1,348 @@
+//! The DNS relay. nftables TPROXYs every UDP/53 datagram a sandbox sends to a transparent socket here; the
+//! relay forwards the query to `daemon.dns` (or the host's resolvers) and answers from the address the
+//! sandbox asked, so stub resolvers that check the source accept it. Sandboxes whose host resolver they
+//! cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's own address.
+
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockType, SockaddrStorage};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use crate::audit::{Kind, Record, Verdict};
+use crate::lifecycle::Daemon;
+use crate::tproxy::transparent_socket;
+
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries of one sandbox awaiting an answer; more are dropped (the stub resolver retries).
+const MAX_INFLIGHT_PER_SANDBOX: u64 = 256;
+
+pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let fd = transparent_socket(addr, SockType::Datagram)?;
+    match addr {
+        SocketAddr::V4(_) => socket::setsockopt(&fd, sockopt::Ipv4OrigDstAddr, &true)?,
+        SocketAddr::V6(_) => socket::setsockopt(&fd, sockopt::Ipv6OrigDstAddr, &true)?,
+    }
+    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+}
+
+pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
+    loop {
+        let received = socket
+            .async_io(Interest::READABLE, || receive(&socket))
+            .await;
+        let (query, client, asked) = match received {
+            Ok(Some(datagram)) => datagram,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "receiving on the DNS relay");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(sandbox) = daemon.sandbox_by_addr(client.ip()) else {
+            continue;
+        };
+        if sandbox.stats.dns_inflight.fetch_add(1, Ordering::Relaxed) >= MAX_INFLIGHT_PER_SANDBOX {
+            sandbox.stats.dns_inflight.fetch_sub(1, Ordering::Relaxed);
+            continue;
+        }
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut record = Record::new(&sandbox, Kind::Dns, asked);
+            record.host = query_name(&query);
+            record.bytes_up = query.len() as u64;
+            let answer = match forward(&query, &upstreams(&daemon)).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    record.error = Some(error.to_string());
+                    servfail(&query).unwrap_or_default()
+                }
+            };
+            sandbox.stats.dns_inflight.fetch_sub(1, Ordering::Relaxed);
+            if !answer.is_empty() {
+                if let Err(error) = send_from(asked, client, &answer) {
+                    record
+                        .error
+                        .get_or_insert_with(|| format!("answering: {error}"));
+                }
+            }
+            record.bytes_down = answer.len() as u64;
+            let verdict = if record.error.is_some() {
+                Verdict::Error
+            } else {
+                Verdict::Passed
+            };
+            let error = record.error.take();
+            record.finish(verdict, error, started);
+            daemon.audit.log(record).await;
+        });
+    }
+}
+
+/// One datagram with its sender and the address it was sent to.
+fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, SocketAddr, SocketAddr)>> {
+    let mut buffer = vec![0u8; 4096];
+    let mut cmsg = nix::cmsg_space!(libc::sockaddr_in6);
+    let mut iov = [IoSliceMut::new(&mut buffer)];
+    let message = socket::recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let len = message.bytes;
+    let client = message.address.as_ref().and_then(to_socket_addr);
+    let mut asked = None;
+    for control in message.cmsgs()? {
+        asked = match control {
+            ControlMessageOwned::Ipv4OrigDstAddr(addr) => Some(SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(addr.sin_addr.s_addr).into(),
+                u16::from_be(addr.sin_port),
+            ))),
+            ControlMessageOwned::Ipv6OrigDstAddr(addr) => Some(SocketAddr::V6(SocketAddrV6::new(
+                addr.sin6_addr.s6_addr.into(),
+                u16::from_be(addr.sin6_port),
+                0,
+                addr.sin6_scope_id,
+            ))),
+            _ => asked,
+        };
+    }
+    buffer.truncate(len);
+    Ok(match (client, asked) {
+        (Some(client), Some(asked)) if len >= 12 => Some((buffer, client, asked)),
+        _ => None,
+    })
+}
+
+fn to_socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())));
+    }
+    addr.as_sockaddr_in6().map(|v6| {
+        SocketAddr::V6(SocketAddrV6::new(
+            v6.ip(),
+            v6.port(),
+            v6.flowinfo(),
+            v6.scope_id(),
+        ))
+    })
+}
+
+/// Answers from `from` (a non-local address, allowed by IP_TRANSPARENT) so the stub resolver sees the
+/// reply come from the server it asked.
+fn send_from(from: SocketAddr, to: SocketAddr, answer: &[u8]) -> io::Result<()> {
+    let fd = transparent_socket(from, SockType::Datagram)?;
+    socket::sendto(
+        fd.as_raw_fd(),
+        answer,
+        &SockaddrStorage::from(to),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(())
+}
+
+fn upstreams(daemon: &Daemon) -> Vec<SocketAddr> {
+    let configured = daemon.config().daemon.dns.clone();
+    if !configured.is_empty() {
+        return configured;
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|text| {
+            nameservers(&text)
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 53))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> io::Result<Vec<u8>> {
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        "no upstream resolver (set daemon.dns)",
+    );
+    for upstream in upstreams.iter().take(3) {
+        let local: SocketAddr = match upstream {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let attempt = async {
+            let socket = UdpSocket::bind(local).await?;
+            socket.connect(upstream).await?;
+            socket.send(query).await?;
+            let mut buffer = vec![0u8; 65535];
+            loop {
+                let len = socket.recv(&mut buffer).await?;
+                // Same transaction id, or it is not our answer.
+                if len >= 12 && buffer[..2] == query[..2] {
+                    buffer.truncate(len);
+                    return Ok::<_, io::Error>(buffer);
+                }
+            }
+        };
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(error)) => {
+                last = io::Error::new(error.kind(), format!("resolver {upstream}: {error}"))
+            }
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("resolver {upstream}: timed out"),
+                )
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The question section's end, or None if the query is malformed.
+fn question_end(query: &[u8]) -> Option<usize> {
+    if query.len() < 12 || u16::from_be_bytes([query[4], query[5]]) != 1 {
+        return None;
+    }
+    let mut at = 12;
+    loop {
+        let len = *query.get(at)? as usize;
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    let end = at + 4;
+    (end <= query.len()).then_some(end)
+}
+
+/// The name asked about, for the audit log.
+pub fn query_name(query: &[u8]) -> Option<String> {
+    let end = question_end(query)?;
+    let mut labels = Vec::new();
+    let mut at = 12;
+    while at < end - 5 {
+        let len = query[at] as usize;
+        labels.push(String::from_utf8_lossy(&query[at + 1..at + 1 + len]).into_owned());
+        at += 1 + len;
+    }
+    Some(labels.join("."))
+}
+
+/// A SERVFAIL answer to `query`, so the stub fails at once instead of waiting out its timeout.
+pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let end = question_end(query)?;
+    let mut answer = query[..end].to_vec();
+    answer[2] = 0x80 | (query[2] & 0x79); // response, same opcode and RD
+    answer[3] = 0x80 | 2; // RA, SERVFAIL
+    answer[6..12].fill(0);
+    Some(answer)
+}
+
+pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
+        })
+        .filter_map(|word| word.split('%').next().and_then(|ip| ip.parse().ok()))
+        .collect()
+}
+
+/// The resolv.conf a sandbox sees when a host resolver is unreachable from it (`unreachable` says which):
+/// the host's file with its nameserver lines replaced by the relay's addresses. None: keep the host's.
+pub fn sandbox_resolv_conf(
+    host: &str,
+    relay: &[IpAddr],
+    unreachable: impl Fn(IpAddr) -> bool,
+) -> Option<String> {
+    if !nameservers(host).into_iter().any(unreachable) {
+        return None;
+    }
+    let mut text: String = host
+        .lines()
+        .filter(|line| line.split_whitespace().next() != Some("nameserver"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for ip in relay {
+        text.push_str(&format!("nameserver {ip}\n"));
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut packet = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
+        for label in name.split('.') {
+            packet.push(label.len() as u8);
+            packet.extend_from_slice(label.as_bytes());
+        }
+        packet.extend_from_slice(&[0, 0, 1, 0, 1]);
+        packet.extend_from_slice(&[0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]); // EDNS OPT
+        packet
+    }
+
+    #[test]
+    fn query_names_are_read_and_malformed_queries_refused() {
+        assert_eq!(
+            query_name(&query("api.example.com")).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(query_name(&[0; 5]), None);
+        let mut truncated = query("example.com");
+        truncated.truncate(16);
+        assert_eq!(query_name(&truncated), None);
+        let mut pointer = query("a.b");
+        pointer[12] = 0xc0;
+        assert_eq!(query_name(&pointer), None);
+    }
+
+    #[test]
+    fn servfail_keeps_id_and_question_and_drops_the_rest() {
+        let q = query("example.com");
+        let answer = servfail(&q).unwrap();
+        assert_eq!(&answer[..2], &[0x12, 0x34]);
+        assert_eq!(answer[2] & 0x80, 0x80);
+        assert_eq!(answer[3] & 0x0f, 2);
+        assert_eq!(&answer[6..12], &[0; 6]);
+        assert_eq!(query_name(&answer).as_deref(), Some("example.com"));
+        assert_eq!(answer.len(), 12 + 13 + 4);
+    }
+
+    #[test]
+    fn loopback_resolvers_are_replaced_by_the_relay() {
+        let host = "# managed\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
+        let relay = ["10.233.0.1".parse().unwrap()];
+        let text = sandbox_resolv_conf(host, &relay, |ip| ip.is_loopback()).unwrap();
+        assert_eq!(
+            text,
+            "# managed\noptions edns0 trust-ad\nsearch lan\nnameserver 10.233.0.1\n"
+        );
+        assert_eq!(
+            sandbox_resolv_conf("nameserver 192.0.2.53\n", &relay, |ip| ip.is_loopback()),
+            None
+        );
+    }
+
+    #[test]
+    fn nameservers_skip_junk_and_zone_ids() {
+        let text = "nameserver 192.0.2.1\nnameserver fe80::1%eth0\nnameserver nonsense\n#nameserver 1.1.1.1\n";
+        let expected: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "fe80::1".parse().unwrap()];
+        assert_eq!(nameservers(text), expected);
+    }
+}

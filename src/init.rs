@@ -1,0 +1,512 @@
+//! The processes inside a sandbox. The daemon starts `sandbox-init` (this binary again) in new network,
+//! mount, PID, IPC and UTS namespaces. That process (the "keeper", still in the daemon's PID namespace)
+//! reads its instructions from the daemon, shapes the mount namespace, waits until the daemon has wired
+//! the network, then forks PID 1 of the new PID namespace. PID 1 mounts a /proc of its own, forks the
+//! command, forwards signals to it and reaps orphans; when the command exits, PID 1 exits with its status
+//! and the kernel ends everything else in the namespace. Only the command's process drops to the caller's
+//! identity, in the order that keeps it from regaining anything: bounding set while still privileged,
+//! then groups/gid/uid, then every remaining capability set, then no_new_privs, then exec.
+//!
+//! Everything here runs in single-threaded processes, never on a tokio thread: setns/unshare, set*id and
+//! capabilities act on the calling thread only.
+
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{self, Bytes};
+
+/// The hidden first argument that turns this binary into the sandbox's init.
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// Where the keeper finds its end of the control socket.
+const CONTROL_FD: RawFd = 3;
+
+/// Exit status when the sandbox itself could not be made (the command never ran).
+pub const EXIT_NO_SANDBOX: i32 = 125;
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Signals the keeper and PID 1 pass on to the command. SIGKILL and SIGSTOP cannot be caught; the
+/// daemon uses SIGKILL on the keeper to end the whole sandbox.
+const FORWARDED: [Signal; 9] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+    Signal::SIGALRM,
+];
+
+/// What the daemon tells the keeper: the command and identity, and how the mount namespace differs
+/// from the host's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub argv: Vec<Bytes>,
+    pub env: Vec<(Bytes, Bytes)>,
+    pub cwd: Bytes,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub tty: bool,
+    /// Paths the sandbox must not reach (the daemon's socket and config, secret files): files are
+    /// covered with /dev/null, directories with an empty read-only tmpfs.
+    pub hide: Vec<PathBuf>,
+    /// Files whose content the sandbox sees replaced (resolv.conf).
+    pub replace: Vec<(PathBuf, Bytes)>,
+}
+
+/// Starts the keeper in fresh namespaces. Must be called from a thread that outlives the sandbox (a
+/// tokio worker, not a blocking-pool thread): the keeper's parent-death signal fires when the thread
+/// that forked it ends, which is how a killed daemon takes its sandboxes with it.
+pub fn spawn_keeper(stdio: [OwnedFd; 3], control: OwnedFd) -> io::Result<tokio::process::Child> {
+    let daemon_pid = nix::unistd::getpid();
+    let control_raw = control.as_raw_fd();
+    let [stdin, stdout, stderr] = stdio;
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command
+        .arg0("sandbox-init")
+        .arg(INIT_ARG)
+        .env_clear()
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    // SAFETY: the closure runs between fork and exec and only makes raw system calls (no allocation,
+    // no locks), which is what a child of a multi-threaded process may do.
+    unsafe {
+        command.pre_exec(move || {
+            unshare(
+                CloneFlags::CLONE_NEWNS
+                    | CloneFlags::CLONE_NEWNET
+                    | CloneFlags::CLONE_NEWPID
+                    | CloneFlags::CLONE_NEWIPC
+                    | CloneFlags::CLONE_NEWUTS,
+            )?;
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // The daemon may have died before the line above took effect.
+            if nix::unistd::getppid() != daemon_pid {
+                return Err(io::Error::other("daemon exited"));
+            }
+            nix::unistd::setsid()?;
+            if control_raw == CONTROL_FD {
+                let flags = libc::fcntl(CONTROL_FD, libc::F_GETFD);
+                if flags < 0
+                    || libc::fcntl(CONTROL_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(control_raw, CONTROL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = tokio::process::Command::from(command)
+        .kill_on_drop(false)
+        .spawn();
+    drop(control);
+    child
+}
+
+#[derive(Debug, thiserror::Error)]
+enum InitError {
+    #[error("the daemon went away before the sandbox was ready")]
+    Aborted,
+    #[error("reading instructions from the daemon: {0}")]
+    Spec(String),
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+trait Context<T> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, InitError>;
+}
+
+impl<T, E: Into<io::Error>> Context<T> for Result<T, E> {
+    fn context(self, what: impl FnOnce() -> String) -> Result<T, InitError> {
+        self.map_err(|error| InitError::Sys {
+            what: what(),
+            source: error.into(),
+        })
+    }
+}
+
+/// Entry point of `sandbox-init`. Never returns.
+pub fn main() -> ! {
+    let code = match keeper() {
+        Ok(code) => code,
+        Err(InitError::Aborted) => EXIT_NO_SANDBOX,
+        Err(error) => {
+            let _ = writeln!(io::stderr(), "sandbox: {error}");
+            EXIT_NO_SANDBOX
+        }
+    };
+    std::process::exit(code)
+}
+
+fn keeper() -> Result<i32, InitError> {
+    // SAFETY: the daemon placed our end of the control socket at this descriptor before exec.
+    let mut control = unsafe { File::from_raw_fd(CONTROL_FD) };
+    let spec = read_spec(&mut control)?;
+    prepare_mounts(&spec)?;
+    let mut go = [0u8; 1];
+    match control.read(&mut go) {
+        Ok(1) => {}
+        _ => return Err(InitError::Aborted),
+    }
+    drop(control);
+
+    let forwarded = forwarded_set();
+    let previous_mask = forwarded
+        .thread_swap_mask(SigmaskHow::SIG_BLOCK)
+        .context(|| "blocking signals".into())?;
+    // SAFETY: this process is single-threaded, so fork is safe.
+    match unsafe { fork() }.context(|| "fork of the sandbox's PID 1".into())? {
+        ForkResult::Child => {
+            let code = match pid1(&spec, &forwarded, &previous_mask) {
+                Ok(code) => code,
+                Err(error) => {
+                    let _ = writeln!(io::stderr(), "sandbox: {error}");
+                    EXIT_NO_SANDBOX
+                }
+            };
+            std::process::exit(code)
+        }
+        ForkResult::Parent { child } => supervise(child, &forwarded),
+    }
+}
+
+fn read_spec(control: &mut File) -> Result<InitSpec, InitError> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if let Some(body) =
+            protocol::take_frame(&mut buffer).map_err(|e| InitError::Spec(e.to_string()))?
+        {
+            return serde_json::from_slice(&body).map_err(|e| InitError::Spec(e.to_string()));
+        }
+        match control.read(&mut chunk) {
+            Ok(0) => return Err(InitError::Aborted),
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(InitError::Aborted),
+        }
+    }
+}
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Waits for `child`, passing on forwarded signals and reaping every other child that ends (PID 1 inherits
+/// the orphans of the namespace). Returns the exit status the shell convention gives `child`.
+fn supervise(child: Pid, forwarded: &SigSet) -> Result<i32, InitError> {
+    loop {
+        let signal = forwarded.wait().context(|| "waiting for signals".into())?;
+        if signal != Signal::SIGCHLD {
+            let _ = kill(child, signal);
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(code),
+                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => {
+                    return Ok(128 + signal as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(error) => return Err(error).context(|| "waiting for the command".into()),
+            }
+        }
+    }
+}
+
+fn pid1(spec: &InitSpec, forwarded: &SigSet, previous_mask: &SigSet) -> Result<i32, InitError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .context(|| "setting the parent-death signal".into())?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .context(|| "mounting /proc for the sandbox's PID namespace".into())?;
+    // SAFETY: PID 1 is single-threaded.
+    match unsafe { fork() }.context(|| "fork of the command".into())? {
+        ForkResult::Child => {
+            let code = run_command(spec, previous_mask);
+            std::process::exit(code)
+        }
+        ForkResult::Parent { child } => supervise(child, forwarded),
+    }
+}
+
+/// Becomes the command. Returns only on failure, with the exit status that failure should have.
+fn run_command(spec: &InitSpec, previous_mask: &SigSet) -> i32 {
+    let argv0 = spec
+        .argv
+        .first()
+        .map(|arg| String::from_utf8_lossy(&arg.0).into_owned())
+        .unwrap_or_default();
+    let result = become_caller(spec, previous_mask).and_then(|()| {
+        let cwd = Path::new(OsStr::from_bytes(&spec.cwd.0));
+        nix::unistd::chdir(cwd)
+            .context(|| format!("cannot enter the working directory {}", cwd.display()))
+    });
+    if let Err(error) = result {
+        let _ = writeln!(io::stderr(), "sandbox: {error}");
+        return EXIT_NO_SANDBOX;
+    }
+    let error = exec_search(&spec.argv, &spec.env);
+    let (code, reason) = match error {
+        Errno::ENOENT | Errno::ENOTDIR => (EXIT_NOT_FOUND, "command not found".to_string()),
+        other => (EXIT_NOT_EXECUTABLE, other.desc().to_lowercase()),
+    };
+    let _ = writeln!(io::stderr(), "sandbox: {argv0}: {reason}");
+    code
+}
+
+fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitError> {
+    previous_mask
+        .thread_set_mask()
+        .context(|| "restoring the signal mask".into())?;
+    nix::unistd::setsid().context(|| "setsid".into())?;
+    if spec.tty {
+        // SAFETY: plain ioctl on our own stdin; 0 means "do not steal it from another session".
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| "taking the terminal as controlling terminal".into());
+        }
+    }
+    drop_bounding_set()?;
+    let groups: Vec<Gid> = spec.groups.iter().map(|&gid| Gid::from_raw(gid)).collect();
+    nix::unistd::setgroups(&groups).context(|| "setting supplementary groups".into())?;
+    let gid = Gid::from_raw(spec.gid);
+    nix::unistd::setresgid(gid, gid, gid).context(|| format!("setting gid {gid}"))?;
+    let uid = Uid::from_raw(spec.uid);
+    nix::unistd::setresuid(uid, uid, uid).context(|| format!("setting uid {uid}"))?;
+    // A caller with uid 0 keeps its capabilities through setresuid; nobody keeps any.
+    for set in [
+        caps::CapSet::Ambient,
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        caps::clear(None, set)
+            .map_err(io::Error::other)
+            .context(|| format!("clearing the {set:?} capability set"))?;
+    }
+    nix::sys::prctl::set_no_new_privs().context(|| "setting no_new_privs".into())?;
+    Ok(())
+}
+
+/// Empties the bounding set through prctl rather than a fixed list, so capabilities newer than any
+/// list we could ship are dropped too. Needs CAP_SETPCAP, so it runs before the uid changes.
+fn drop_bounding_set() -> Result<(), InitError> {
+    for cap in 0..64 {
+        // SAFETY: prctl with integer arguments only.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
+        if present < 0 {
+            break; // past the last capability this kernel knows
+        }
+        if present == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| format!("dropping capability {cap} from the bounding set"));
+        }
+    }
+    Ok(())
+}
+
+/// execve with a PATH search over the *caller's* PATH (libc's execvp would use ours). Returns the most
+/// telling error: permission problems beat "not found", as in a shell.
+fn exec_search(argv: &[Bytes], env: &[(Bytes, Bytes)]) -> Errno {
+    let Some(program) = argv.first() else {
+        return Errno::ENOENT;
+    };
+    let to_cstring = |bytes: &[u8]| CString::new(bytes.to_vec());
+    let Ok(args) = argv
+        .iter()
+        .map(|arg| to_cstring(&arg.0))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return Errno::EINVAL;
+    };
+    let Ok(envp) = env
+        .iter()
+        .map(|(key, value)| to_cstring(&[key.0.as_slice(), b"=", value.0.as_slice()].concat()))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return Errno::EINVAL;
+    };
+    if program.0.contains(&b'/') {
+        let Ok(path) = to_cstring(&program.0) else {
+            return Errno::EINVAL;
+        };
+        return nix::unistd::execve(&path, &args, &envp).unwrap_err();
+    }
+    let path_var = env
+        .iter()
+        .find(|(key, _)| key.0 == b"PATH")
+        .map(|(_, value)| value.0.clone())
+        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
+    let mut best = Errno::ENOENT;
+    for dir in path_var.split(|&byte| byte == b':') {
+        let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
+        let Ok(candidate) = to_cstring(&[dir, b"/", program.0.as_slice()].concat()) else {
+            continue;
+        };
+        match nix::unistd::execve(&candidate, &args, &envp).unwrap_err() {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            other => best = other,
+        }
+    }
+    best
+}
+
+fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
+    // Host mounts still appear inside; nothing mounted here leaks out.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context(|| "making / a slave mount".into())?;
+    for path in &spec.hide {
+        hide(path)?;
+    }
+    if !spec.replace.is_empty() {
+        let scratch = ScratchFs::new()?;
+        for (path, content) in &spec.replace {
+            scratch.replace(path, &content.0)?;
+        }
+    }
+    Ok(())
+}
+
+fn hide(path: &Path) -> Result<(), InitError> {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).context(|| format!("hiding {}", path.display())),
+    };
+    let ro = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    if metadata.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            ro,
+            Some("size=4k,mode=0555"),
+        )
+        .context(|| format!("hiding {}", path.display()))
+    } else {
+        bind_read_only(Path::new("/dev/null"), path)
+            .context(|| format!("hiding {}", path.display()))
+    }
+}
+
+fn bind_read_only(source: &Path, target: &Path) -> nix::Result<()> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+}
+
+/// A tmpfs that is mounted nowhere (new mount API): files made in it can be bind-mounted over host
+/// files without ever having a name that another process could see or that could be left behind.
+struct ScratchFs {
+    mount: OwnedFd,
+}
+
+impl ScratchFs {
+    fn new() -> Result<Self, InitError> {
+        let what = || "creating a detached tmpfs (kernel 5.2 or newer needed)".to_string();
+        // SAFETY: raw syscalls with valid C strings; each returned descriptor is owned exactly once.
+        unsafe {
+            let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), libc::FSOPEN_CLOEXEC);
+            if fs < 0 {
+                return Err(io::Error::last_os_error()).context(what);
+            }
+            let fs = OwnedFd::from_raw_fd(fs as RawFd);
+            let created = libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                libc::FSCONFIG_CMD_CREATE,
+                std::ptr::null::<libc::c_char>(),
+                std::ptr::null::<libc::c_void>(),
+                0,
+            );
+            if created < 0 {
+                return Err(io::Error::last_os_error()).context(what);
+            }
+            let mount = libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0);
+            if mount < 0 {
+                return Err(io::Error::last_os_error()).context(what);
+            }
+            Ok(ScratchFs {
+                mount: OwnedFd::from_raw_fd(mount as RawFd),
+            })
+        }
+    }
+
+    fn replace(&self, target: &Path, content: &[u8]) -> Result<(), InitError> {
+        if !target.exists() {
+            return Ok(());
+        }
+        let what = || format!("replacing {} inside the sandbox", target.display());
+        let name = target.to_string_lossy().replace('/', "_");
+        let file = nix::fcntl::openat(
+            &self.mount,
+            name.as_str(),
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .context(what)?;
+        let mut file = File::from(file);
+        file.write_all(content).context(what)?;
+        let source = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        bind_read_only(&source, target).context(what)
+    }
+}

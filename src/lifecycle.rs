@@ -1,0 +1,623 @@
+//! Sandbox lifecycle: from an accepted exec request to a running command and back to nothing. Chooses the
+//! profile, takes addresses from the pool, starts the keeper in new namespaces, wires its veth and nftables
+//! set elements, tells it to go, relays the client's signals, and — when the command ends, the client goes
+//! away or the daemon stops — removes every kernel object the sandbox had, continuing past errors.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{watch, Notify};
+
+use crate::audit::Audit;
+use crate::config::{Config, Egress, Profile, SecretSource};
+use crate::control;
+use crate::init::{self, InitSpec, EXIT_NO_SANDBOX};
+use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
+use crate::nft::{self, SandboxElements};
+use crate::pool::{AddressPool, Slot};
+use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
+
+/// How long a command has, after SIGTERM (daemon stopping) or SIGHUP (client gone), before SIGKILL.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Who is calling, as the kernel reported it on the control socket.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub user: String,
+    pub group_names: Vec<String>,
+}
+
+impl Caller {
+    pub fn lookup(uid: u32, gid: u32, groups: Vec<u32>) -> io::Result<Caller> {
+        let user = control::user_name(uid).unwrap_or_else(|| uid.to_string());
+        let mut group_names: Vec<String> = std::iter::once(gid)
+            .chain(groups.iter().copied())
+            .filter_map(control::group_name)
+            .collect();
+        group_names.dedup();
+        Ok(Caller {
+            uid,
+            gid,
+            groups,
+            user,
+            group_names,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub active: AtomicU64,
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    pub dns_inflight: AtomicU64,
+}
+
+/// A live sandbox, as the proxies and `sandbox ls` see it.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    pub caller: Caller,
+    pub profile: Profile,
+    pub config: Arc<Config>,
+    pub pid: u32,
+    pub command: String,
+    pub started: Instant,
+    pub slot: Slot,
+    pub stats: Stats,
+}
+
+impl Sandbox {
+    pub fn egress_allowed(&self) -> bool {
+        self.profile.egress == Egress::Allow
+    }
+
+    fn info(&self) -> SandboxInfo {
+        SandboxInfo {
+            id: self.id.clone(),
+            user: self.caller.user.clone(),
+            uid: self.caller.uid,
+            profile: self.profile.name.clone(),
+            pid: self.pid,
+            command: self.command.clone(),
+            age_secs: self.started.elapsed().as_secs(),
+            connections: self.stats.connections.load(Ordering::Relaxed),
+            bytes_up: self.stats.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.stats.bytes_down.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("no free addresses left in daemon.subnet ({0} sandboxes are running)")]
+    PoolExhausted(usize),
+    #[error("starting the sandbox: {0}")]
+    Spawn(io::Error),
+    #[error("wiring the sandbox network: {0}")]
+    Network(String),
+}
+
+/// Facts about the sandbox network fixed when the daemon starts.
+pub struct SandboxNetwork {
+    pub ipv6: bool,
+    /// Addresses the DNS relay answers on for sandboxes whose host resolver is unreachable from them.
+    pub dns_addresses: Vec<IpAddr>,
+    /// The sandbox pools: no sandbox may connect into them (to another sandbox).
+    pub networks: Vec<IpNet>,
+}
+
+pub struct Daemon {
+    config: RwLock<Arc<Config>>,
+    pool: Mutex<AddressPool>,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    by_addr: RwLock<HashMap<IpAddr, Arc<Sandbox>>>,
+    pub netlink: Netlink,
+    pub audit: Audit,
+    pub network: SandboxNetwork,
+    stopping: watch::Receiver<bool>,
+    tearing_down: AtomicUsize,
+    torn_down: Notify,
+}
+
+impl Daemon {
+    pub fn new(
+        config: Arc<Config>,
+        pool: AddressPool,
+        netlink: Netlink,
+        audit: Audit,
+        network: SandboxNetwork,
+        stopping: watch::Receiver<bool>,
+    ) -> Daemon {
+        Daemon {
+            config: RwLock::new(config),
+            pool: Mutex::new(pool),
+            sandboxes: Mutex::default(),
+            by_addr: RwLock::default(),
+            netlink,
+            audit,
+            network,
+            stopping,
+            tearing_down: AtomicUsize::new(0),
+            torn_down: Notify::new(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// The sandbox a connection came from, by its source address (spoofing is dropped by nftables).
+    pub fn sandbox_by_addr(&self, addr: IpAddr) -> Option<Arc<Sandbox>> {
+        let addr = match addr {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+            v4 => v4,
+        };
+        self.by_addr
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+
+    pub fn list(&self, caller: &Caller) -> Vec<SandboxInfo> {
+        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<SandboxInfo> = sandboxes
+            .values()
+            .filter(|sandbox| caller.uid == 0 || sandbox.caller.uid == caller.uid)
+            .map(|sandbox| sandbox.info())
+            .collect();
+        list.sort_by_key(|info| std::cmp::Reverse(info.age_secs));
+        list
+    }
+
+    pub fn live_pids(&self) -> Vec<u32> {
+        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
+        sandboxes.values().map(|sandbox| sandbox.pid).collect()
+    }
+
+    /// Waits until every sandbox has ended and been torn down.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.torn_down.notified();
+            let running = self
+                .sandboxes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            if running == 0 && self.tearing_down.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Serves one `sandbox exec` from start to end, on the connection it came in on.
+    pub async fn run_exec(
+        self: Arc<Self>,
+        mut stream: UnixStream,
+        caller: Caller,
+        request: ExecRequest,
+        fds: Vec<OwnedFd>,
+    ) {
+        let started = Instant::now();
+        let command = describe(&request.argv);
+        let (sandbox, keeper, control) = match self
+            .create(&caller, &request, fds, command.clone())
+            .await
+        {
+            Ok(created) => created,
+            Err(error) => {
+                tracing::warn!(user = %caller.user, uid = caller.uid, %command, %error, "sandbox refused");
+                let _ = control::send(
+                    &mut stream,
+                    &Reply::Error {
+                        message: error.to_string(),
+                    },
+                )
+                .await;
+                return;
+            }
+        };
+        tracing::info!(
+            id = %sandbox.id, user = %caller.user, uid = caller.uid, profile = %sandbox.profile.name,
+            pid = sandbox.pid, %command, setup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "sandbox started"
+        );
+        let _ = control::send(
+            &mut stream,
+            &Reply::Started {
+                id: sandbox.id.clone(),
+            },
+        )
+        .await;
+        let code = self.supervise(&sandbox, keeper, control, &mut stream).await;
+        let _ = control::send(&mut stream, &Reply::Exited { code }).await;
+        drop(stream);
+        tracing::info!(
+            id = %sandbox.id, user = %caller.user, profile = %sandbox.profile.name, %command,
+            exit = code, duration_ms = sandbox.started.elapsed().as_millis() as u64, "sandbox ended"
+        );
+        self.teardown(sandbox).await;
+    }
+
+    async fn create(
+        &self,
+        caller: &Caller,
+        request: &ExecRequest,
+        fds: Vec<OwnedFd>,
+        command: String,
+    ) -> Result<(Arc<Sandbox>, tokio::process::Child, UnixStream), SetupError> {
+        let config = self.config();
+        let profile = config
+            .select_profile(
+                request.profile.as_deref(),
+                &caller.user,
+                &caller.group_names,
+            )
+            .map_err(|error| SetupError::Refused(error.to_string()))?
+            .clone();
+        if request.argv.is_empty() {
+            return Err(SetupError::Refused("no command given".into()));
+        }
+        let stdio: [OwnedFd; 3] = fds.try_into().map_err(|_| {
+            SetupError::Refused("the request must carry stdin, stdout and stderr".into())
+        })?;
+        let slot = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            pool.allocate().ok_or_else(|| {
+                SetupError::PoolExhausted(self.sandboxes.lock().map(|s| s.len()).unwrap_or(0))
+            })?
+        };
+        let mut wiring = Wiring::new(slot.clone(), self.network.ipv6);
+        match self
+            .start(caller, request, stdio, &config, &mut wiring)
+            .await
+        {
+            Ok((pid, keeper, control)) => {
+                let sandbox = Arc::new(Sandbox {
+                    id: wiring.id(),
+                    caller: caller.clone(),
+                    profile,
+                    config,
+                    pid,
+                    command,
+                    started: Instant::now(),
+                    slot,
+                    stats: Stats::default(),
+                });
+                self.register(&sandbox);
+                Ok((sandbox, keeper, control))
+            }
+            Err(error) => {
+                self.tearing_down.fetch_add(1, Ordering::SeqCst);
+                wiring.undo(&self.netlink).await;
+                self.release(&wiring.slot);
+                Err(error)
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        caller: &Caller,
+        request: &ExecRequest,
+        stdio: [OwnedFd; 3],
+        config: &Config,
+        wiring: &mut Wiring,
+    ) -> Result<(u32, tokio::process::Child, UnixStream), SetupError> {
+        let (mut control, keeper_end) = UnixStream::pair().map_err(SetupError::Spawn)?;
+        let keeper_end = keeper_end.into_std().map_err(SetupError::Spawn)?;
+        keeper_end
+            .set_nonblocking(false)
+            .map_err(SetupError::Spawn)?;
+        let mut keeper = init::spawn_keeper(stdio, keeper_end.into()).map_err(SetupError::Spawn)?;
+        let pid = keeper.id().ok_or_else(|| {
+            SetupError::Spawn(io::Error::other("the sandbox init exited at once"))
+        })?;
+        wiring.keeper = Some(pid);
+
+        let spec = InitSpec {
+            argv: request.argv.clone(),
+            env: request.env.clone(),
+            cwd: request.cwd.clone(),
+            uid: caller.uid,
+            gid: caller.gid,
+            groups: caller.groups.clone(),
+            tty: request.tty,
+            hide: hidden_paths(config),
+            replace: self.replaced_files(&wiring.slot),
+        };
+        let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
+        let netns =
+            std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(SetupError::Spawn)?;
+        let (link_spec, elements) = (wiring.link_spec(), wiring.elements());
+        let (written, link, elements) = tokio::join!(
+            control.write_all(&frame),
+            self.netlink.create_sandbox_link(&link_spec, netns.as_fd()),
+            nft::add_sandbox(&elements),
+        );
+        drop(netns);
+        wiring.link = true;
+        wiring.elements = elements.is_ok();
+        link.map_err(|e| SetupError::Network(e.to_string()))?;
+        elements.map_err(|e| SetupError::Network(e.to_string()))?;
+        if written.is_err() || control.write_all(b"g").await.is_err() {
+            // The keeper died before it could start the command; its status says why.
+            let status = keeper.wait().await.map_err(SetupError::Spawn)?;
+            return Err(SetupError::Spawn(io::Error::other(format!(
+                "the sandbox init failed ({status})"
+            ))));
+        }
+        Ok((pid, keeper, control))
+    }
+
+    /// Waits for the command while passing on the client's signals. Returns the exit status for the client.
+    async fn supervise(
+        &self,
+        sandbox: &Sandbox,
+        mut keeper: tokio::process::Child,
+        _control: UnixStream,
+        stream: &mut UnixStream,
+    ) -> i32 {
+        let pid = Pid::from_raw(sandbox.pid as i32);
+        let mut stopping = self.stopping.clone();
+        let mut client_open = true;
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 512];
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let kill_at = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = keeper.wait() => {
+                    return match status {
+                        Ok(status) => exit_code(status),
+                        Err(_) => EXIT_NO_SANDBOX,
+                    };
+                }
+                read = stream.read(&mut chunk), if client_open => match read {
+                    Ok(0) | Err(_) => {
+                        // The caller is gone: hang up on the command as a terminal would.
+                        client_open = false;
+                        let _ = kill(pid, Signal::SIGHUP);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
+                    }
+                    Ok(n) => {
+                        buffer.extend_from_slice(&chunk[..n]);
+                        while let Ok(Some(body)) = protocol::take_frame(&mut buffer) {
+                            if let Ok(ClientEvent::Signal { signal }) = serde_json::from_slice(&body) {
+                                if let Ok(signal) = Signal::try_from(signal) {
+                                    let _ = kill(pid, signal);
+                                }
+                            }
+                        }
+                        if buffer.len() > protocol::MAX_FRAME {
+                            buffer.clear();
+                        }
+                    }
+                },
+                _ = stopping.changed(), if deadline.is_none() || client_open => {
+                    if *stopping.borrow() {
+                        let _ = kill(pid, Signal::SIGTERM);
+                        deadline.get_or_insert_with(|| tokio::time::Instant::now() + GRACE);
+                    }
+                }
+                () = kill_at => {
+                    tracing::warn!(id = %sandbox.id, "command did not end within {GRACE:?}; killing the sandbox");
+                    let _ = keeper.start_kill();
+                    deadline = None;
+                }
+            }
+        }
+    }
+
+    fn register(&self, sandbox: &Arc<Sandbox>) {
+        let mut by_addr = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+        by_addr.insert(IpAddr::V4(sandbox.slot.sandbox_v4), sandbox.clone());
+        if let Some(v6) = sandbox.slot.sandbox_v6.filter(|_| self.network.ipv6) {
+            by_addr.insert(IpAddr::V6(v6), sandbox.clone());
+        }
+        drop(by_addr);
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(sandbox.id.clone(), sandbox.clone());
+    }
+
+    async fn teardown(&self, sandbox: Arc<Sandbox>) {
+        self.tearing_down.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut by_addr = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
+            by_addr.remove(&IpAddr::V4(sandbox.slot.sandbox_v4));
+            if let Some(v6) = sandbox.slot.sandbox_v6 {
+                by_addr.remove(&IpAddr::V6(v6));
+            }
+        }
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sandbox.id);
+        let mut wiring = Wiring::new(sandbox.slot.clone(), self.network.ipv6);
+        wiring.link = true;
+        wiring.elements = true;
+        wiring.undo(&self.netlink).await;
+        self.release(&sandbox.slot);
+    }
+
+    fn release(&self, slot: &Slot) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(slot.index);
+        self.tearing_down.fetch_sub(1, Ordering::SeqCst);
+        self.torn_down.notify_waiters();
+    }
+
+    /// When the host's resolvers cannot be reached from a sandbox (loopback, or one of the host's own
+    /// addresses, which sandboxes may not reach), the sandbox gets a resolv.conf that names the DNS relay.
+    fn replaced_files(&self, _slot: &Slot) -> Vec<(PathBuf, Bytes)> {
+        let path = PathBuf::from("/etc/resolv.conf");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Vec::new();
+        };
+        let local = crate::tproxy::host_addresses();
+        match crate::dns::sandbox_resolv_conf(&text, &self.network.dns_addresses, |ip| {
+            ip.is_loopback() || local.contains(&ip)
+        }) {
+            Some(replacement) => vec![(path, Bytes(replacement.into_bytes()))],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The kernel objects of one sandbox, and which of them exist, so a failed start and a normal end undo
+/// exactly what was made.
+struct Wiring {
+    slot: Slot,
+    ipv6: bool,
+    keeper: Option<u32>,
+    link: bool,
+    elements: bool,
+}
+
+impl Wiring {
+    fn new(slot: Slot, ipv6: bool) -> Self {
+        Wiring {
+            slot,
+            ipv6,
+            keeper: None,
+            link: false,
+            elements: false,
+        }
+    }
+
+    fn id(&self) -> String {
+        format!("{:08x}", rand_id(self.slot.index))
+    }
+
+    fn link_spec(&self) -> LinkSpec {
+        LinkSpec {
+            host_ifname: self.slot.host_ifname(),
+            host_v4: self.slot.host_v4,
+            sandbox_v4: self.slot.sandbox_v4,
+            prefix_v4: self.slot.prefix_v4,
+            v6: match (self.ipv6, self.slot.host_v6, self.slot.sandbox_v6) {
+                (true, Some(host), Some(sandbox)) => Some(LinkSpec6 {
+                    host,
+                    sandbox,
+                    prefix: self.slot.prefix_v6,
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    fn elements(&self) -> SandboxElements {
+        SandboxElements {
+            ifname: self.slot.host_ifname(),
+            v4: self.slot.sandbox_v4,
+            v6: self.slot.sandbox_v6.filter(|_| self.ipv6),
+        }
+    }
+
+    /// Removes what exists, in reverse order, logging failures and carrying on.
+    async fn undo(&mut self, netlink: &Netlink) {
+        if let Some(pid) = self.keeper.take() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        if self.elements {
+            if let Err(error) = nft::remove_sandbox(&self.elements()).await {
+                tracing::error!(%error, ifname = %self.slot.host_ifname(), "removing nftables elements");
+            }
+            self.elements = false;
+        }
+        if self.link {
+            if let Err(error) = netlink.delete_link(&self.slot.host_ifname()).await {
+                tracing::error!(%error, ifname = %self.slot.host_ifname(), "removing veth");
+            }
+            self.link = false;
+        }
+    }
+}
+
+/// Sandbox ids: unique among live sandboxes (the slot is in them) and unlikely to repeat across restarts.
+fn rand_id(slot: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    (nanos & 0xffff_0000) ^ (slot & 0xffff) ^ (nanos >> 16 & 0xffff)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => EXIT_NO_SANDBOX,
+    }
+}
+
+fn describe(argv: &[Bytes]) -> String {
+    let mut text = argv
+        .iter()
+        .map(|arg| String::from_utf8_lossy(&arg.0).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if text.len() > 200 {
+        let mut end = 200;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+/// Everything of the daemon's that a sandbox must not reach through the filesystem.
+fn hidden_paths(config: &Config) -> Vec<PathBuf> {
+    let mut paths = vec![
+        config.daemon.socket.clone(),
+        config.path.clone(),
+        config.daemon.audit_log.clone(),
+    ];
+    for secret in config.secrets.values() {
+        if let SecretSource::File(path) = &secret.source {
+            paths.push(path.clone());
+        }
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        paths.push(PathBuf::from(dir));
+    }
+    paths
+}

@@ -1,0 +1,141 @@
+//! The `sandbox` command line: dispatches to the daemon, the client commands and the sandbox init.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use sandbox::config::DEFAULT_SOCKET;
+use sandbox::{client, daemon, doctor, init};
+
+/// Run programs in a network sandbox; a privileged daemon adds secret headers to their HTTPS requests.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run CMD in a new sandbox as you, with your stdin/stdout/stderr, environment and working directory.
+    ///
+    /// Exit status: CMD's own; 128+N if CMD died of signal N; 125 if no sandbox could be made (daemon
+    /// unreachable, profile not allowed, ...) with the reason on stderr; 126 if CMD is not executable;
+    /// 127 if it is not found. SIGINT, SIGTERM and SIGHUP are passed on to CMD. When CMD exits,
+    /// everything it started inside the sandbox ends too.
+    #[command(trailing_var_arg = true)]
+    Exec {
+        /// Profile to use (default: "default" if it allows you, else the first profile that does).
+        #[arg(long, short)]
+        profile: Option<String>,
+        /// The daemon's control socket.
+        #[arg(long, env = "SANDBOX_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, value_name = "CMD", allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// List the live sandboxes (root sees all, other users their own).
+    Ls {
+        /// The daemon's control socket.
+        #[arg(long, env = "SANDBOX_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that this host has what the daemon needs (run as root) and say how to fix what is missing.
+    Doctor,
+    /// Run the privileged daemon in the foreground (logs on stderr; RUST_LOG sets the level).
+    ///
+    /// SIGHUP reloads the config (a bad one is reported and the old one kept); SIGTERM ends the
+    /// sandboxes and removes everything the daemon made. Exits 2 on a bad config.
+    Daemon {
+        /// The config file.
+        #[arg(long, default_value = "/etc/sandbox/sandbox.toml")]
+        config: PathBuf,
+        /// Only validate the config (and that its secrets can be read), then exit.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == init::INIT_ARG)
+    {
+        init::main();
+    }
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Exec {
+            profile,
+            socket,
+            command,
+        } => match client::exec(&socket, profile, &command) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(error) => {
+                eprintln!("sandbox: {error}");
+                ExitCode::from(error.exit_code() as u8)
+            }
+        },
+        Command::Ls { socket, json } => match client::list(&socket) {
+            Ok(sandboxes) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&sandboxes).unwrap_or_default()
+                    );
+                } else {
+                    client::print_list(&sandboxes);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sandbox: {error}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Doctor => {
+            if doctor::run() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Daemon { config, check } => {
+            init_logging();
+            let config = match daemon::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("sandbox: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check {
+                println!("{}: ok", config.path.display());
+                return ExitCode::SUCCESS;
+            }
+            match daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

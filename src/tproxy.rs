@@ -1,0 +1,335 @@
+//! The transparent listeners and the plain TCP relay. nftables TPROXYs every TCP connection a sandbox opens
+//! to a listener here (IP_TRANSPARENT: the accepted socket's local address is the original destination).
+//! The relay finds the sandbox by the connection's source address, refuses destinations a sandbox may
+//! never reach (the host itself, loopback, link-local and metadata addresses, other sandboxes) or that its
+//! profile does not allow, and otherwise opens the outbound connection itself and copies bytes both ways.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::audit::{Kind, Record, Verdict};
+use crate::lifecycle::{Daemon, Sandbox};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open relayed connections one sandbox may hold, so it cannot exhaust the daemon's descriptors.
+pub const MAX_CONNECTIONS_PER_SANDBOX: u64 = 4096;
+
+/// A socket bound with IP_TRANSPARENT (IPV6_TRANSPARENT): as a listener it accepts connections TPROXYed to
+/// it; as a UDP socket it may send from the original destination address of a redirected datagram.
+pub fn transparent_socket(addr: SocketAddr, kind: SockType) -> io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket::socket(
+        family,
+        kind,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    match addr {
+        SocketAddr::V4(_) => socket::setsockopt(&fd, sockopt::IpTransparent, &true)?,
+        SocketAddr::V6(_) => {
+            socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+            let on: libc::c_int = 1;
+            // SAFETY: setsockopt reads one c_int from a valid pointer.
+            let result = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_IPV6,
+                    libc::IPV6_TRANSPARENT,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if result != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    if kind == SockType::Stream {
+        socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    }
+    Ok(fd)
+}
+
+pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(std::net::TcpListener::from(transparent_socket(
+        addr,
+        SockType::Stream,
+    )?))
+}
+
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                tokio::spawn(relay(daemon.clone(), client, peer));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept on the TCP relay failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
+    let Ok(destination) = client.local_addr() else {
+        return;
+    };
+    let Some(sandbox) = daemon.sandbox_by_addr(peer.ip()) else {
+        // Not from a live sandbox: a host process that found the listener, or a sandbox that just ended.
+        tracing::debug!(%peer, %destination, "connection from an unknown address closed");
+        reset(client);
+        return;
+    };
+    let started = Instant::now();
+    sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveConnection::enter(&sandbox);
+    let mut record = Record::new(&sandbox, Kind::Tcp, destination);
+
+    let refusal = if _active.over_limit {
+        Some(format!(
+            "more than {MAX_CONNECTIONS_PER_SANDBOX} open connections"
+        ))
+    } else {
+        blocked_reason(
+            destination.ip(),
+            &daemon.network.networks,
+            &host_addresses(),
+        )
+        .map(|reason| format!("{destination} is {reason}"))
+        .or_else(|| {
+            (!sandbox.egress_allowed()).then(|| {
+                format!(
+                    "profile {:?} does not allow {destination}",
+                    sandbox.profile.name
+                )
+            })
+        })
+    };
+    if let Some(reason) = refusal {
+        tracing::debug!(id = %sandbox.id, %destination, %reason, "connection refused");
+        record.finish(Verdict::Denied, Some(reason), started);
+        daemon.audit.log(record).await;
+        reset(client);
+        return;
+    }
+
+    let upstream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                record.finish(Verdict::Error, Some(format!("connect: {error}")), started);
+                daemon.audit.log(record).await;
+                reset(client);
+                return;
+            }
+            Err(_) => {
+                record.finish(Verdict::Error, Some("connect: timed out".into()), started);
+                daemon.audit.log(record).await;
+                reset(client);
+                return;
+            }
+        };
+    let _ = upstream.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (mut client, mut upstream) = (client, upstream);
+    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (up, down, error) = match result {
+        Ok((up, down)) => (up, down, None),
+        Err(error) => (0, 0, Some(error.to_string())),
+    };
+    sandbox.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
+    sandbox.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+    record.bytes_up = up;
+    record.bytes_down = down;
+    let verdict = if error.is_some() {
+        Verdict::Error
+    } else {
+        Verdict::Passed
+    };
+    record.finish(verdict, error, started);
+    daemon.audit.log(record).await;
+}
+
+/// Closes with RST so the client fails at once instead of seeing an orderly, empty connection.
+fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = socket::setsockopt(&stream, sockopt::Linger, &linger);
+}
+
+struct ActiveConnection<'a> {
+    sandbox: &'a Sandbox,
+    over_limit: bool,
+}
+
+impl<'a> ActiveConnection<'a> {
+    fn enter(sandbox: &'a Sandbox) -> Self {
+        let before = sandbox.stats.active.fetch_add(1, Ordering::Relaxed);
+        ActiveConnection {
+            sandbox,
+            over_limit: before >= MAX_CONNECTIONS_PER_SANDBOX,
+        }
+    }
+}
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.sandbox.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a sandbox may never connect to `ip`, if it may not. nftables already rejects most of these before
+/// the relay sees them; this is the second wall, and it also covers IPv4-mapped IPv6 forms.
+pub fn blocked_reason(
+    ip: IpAddr,
+    sandbox_networks: &[IpNet],
+    host: &HashSet<IpAddr>,
+) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    const METADATA: [IpAddr; 3] = [
+        IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+        IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    ];
+    if METADATA.contains(&ip) {
+        return Some("a cloud metadata address");
+    }
+    let special = match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_unspecified() || v4.octets()[0] == 0 {
+                Some("an unspecified address")
+            } else if v4.is_multicast() || v4.is_broadcast() {
+                Some("a multicast or broadcast address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address")
+            } else if v6.is_unicast_link_local() {
+                Some("a link-local address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else {
+                None
+            }
+        }
+    };
+    if special.is_some() {
+        return special;
+    }
+    if sandbox_networks.iter().any(|net| net.contains(&ip)) {
+        return Some("in the sandbox network");
+    }
+    if host.contains(&ip) {
+        return Some("an address of the host");
+    }
+    None
+}
+
+fn host_address_cache() -> &'static RwLock<HashSet<IpAddr>> {
+    static CACHE: OnceLock<RwLock<HashSet<IpAddr>>> = OnceLock::new();
+    CACHE.get_or_init(RwLock::default)
+}
+
+/// The host's own addresses, as last read from the kernel.
+pub fn host_addresses() -> HashSet<IpAddr> {
+    host_address_cache()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+}
+
+/// Keeps the host address cache current: addresses come and go (DHCP, new interfaces).
+pub async fn refresh_host_addresses(daemon: Arc<Daemon>) {
+    loop {
+        match daemon.netlink.local_addresses().await {
+            Ok(addresses) => {
+                *host_address_cache()
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = addresses.into_iter().collect();
+            }
+            Err(error) => tracing::warn!(%error, "reading the host's addresses"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets() -> Vec<IpNet> {
+        vec![
+            "10.233.0.0/16".parse().unwrap(),
+            "fd00:5ba:d::/48".parse().unwrap(),
+        ]
+    }
+
+    #[test]
+    fn the_host_and_special_addresses_are_blocked() {
+        let host: HashSet<IpAddr> = ["192.0.2.10".parse().unwrap()].into();
+        for (ip, why) in [
+            ("127.0.0.1", "a loopback address"),
+            ("::1", "a loopback address"),
+            ("::ffff:127.0.0.1", "a loopback address"),
+            ("169.254.169.254", "a cloud metadata address"),
+            ("169.254.1.1", "a link-local address"),
+            ("fe80::1", "a link-local address"),
+            ("fd00:ec2::254", "a cloud metadata address"),
+            ("0.0.0.0", "an unspecified address"),
+            ("224.0.0.1", "a multicast or broadcast address"),
+            ("10.233.0.5", "in the sandbox network"),
+            ("fd00:5ba:d:7::2", "in the sandbox network"),
+            ("192.0.2.10", "an address of the host"),
+            ("::ffff:192.0.2.10", "an address of the host"),
+        ] {
+            assert_eq!(
+                blocked_reason(ip.parse().unwrap(), &nets(), &host),
+                Some(why),
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_destinations_pass() {
+        let host: HashSet<IpAddr> = ["192.0.2.10".parse().unwrap()].into();
+        for ip in ["192.0.2.11", "10.1.2.3", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert_eq!(
+                blocked_reason(ip.parse().unwrap(), &nets(), &host),
+                None,
+                "{ip}"
+            );
+        }
+    }
+}
