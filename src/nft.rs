@@ -832,7 +832,7 @@ mod tests {
                     ..TableState::default()
                 }
             );
-            assert_eq!(rule_count().await, 12);
+            assert_eq!(rule_count().await, 15);
 
             let mut took: Vec<Duration> = Vec::new();
             for _ in 0..31 {
