@@ -149,4 +149,11 @@ impl Audit {
     pub async fn log(&self, record: Record) {
         let _ = self.queue.send(record).await;
     }
+
+    /// For places that cannot wait (a body being dropped): a full queue loses this record, loudly.
+    pub fn log_now(&self, record: Record) {
+        if self.queue.try_send(record).is_err() {
+            tracing::error!("audit queue full; a record was lost");
+        }
+    }
 }

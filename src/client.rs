@@ -88,6 +88,7 @@ pub fn exec(
         cwd,
         profile,
         tty: terminal.is_some(),
+        ca_files: caller_ca_files(),
     });
     let frame = protocol::encode_request(request)?;
     let stdio: [RawFd; 3] = match &terminal {
@@ -106,6 +107,28 @@ pub fn exec(
         relay.finish();
     }
     result
+}
+
+/// The CA bundles the caller's environment points at, read as the caller: the sandbox sees them with its
+/// CA added, and only what the caller could read itself can get there.
+fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
+    crate::trust::variables()
+        .filter_map(std::env::var_os)
+        .filter(|path| !path.is_empty())
+        .filter_map(|path| {
+            let file = std::fs::File::open(&path).ok()?;
+            let metadata = file.metadata().ok()?;
+            if !metadata.is_file() || metadata.len() > crate::trust::MAX_CALLER_FILE as u64 {
+                return None;
+            }
+            let mut content = Vec::new();
+            (&file)
+                .take(crate::trust::MAX_CALLER_FILE as u64)
+                .read_to_end(&mut content)
+                .ok()?;
+            Some((Bytes::from(path.as_os_str()), Bytes(content)))
+        })
+        .collect()
 }
 
 fn read_until_exit(stream: &UnixStream) -> Result<i32, ClientError> {

@@ -3,24 +3,55 @@
 //! versioned request with its file descriptors, and hands it to the sandbox lifecycle. A client that
 //! sends garbage, stalls, or floods the socket costs a bounded amount and is dropped.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::lifecycle::{Caller, Daemon};
 use crate::protocol::{self, FrameError, Reply, Request};
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections that have not yet sent a complete request; past this, new ones are closed at once.
+/// Connections that have not yet sent a complete request. Past this, the oldest is closed: a real
+/// client sends its request within microseconds, so only idle or stalling ones are ever old, and a flood
+/// of them cannot lock out the next real client.
 const MAX_PENDING: usize = 128;
+
+#[derive(Default)]
+struct Pending {
+    next_id: AtomicU64,
+    queue: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+impl Pending {
+    /// Registers a new connection; the receiver fires if it is evicted to make room.
+    fn enter(&self) -> (u64, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (evict, evicted) = oneshot::channel();
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.push_back((id, evict));
+        if queue.len() > MAX_PENDING {
+            if let Some((_, oldest)) = queue.pop_front() {
+                let _ = oldest.send(());
+            }
+        }
+        (id, evicted)
+    }
+
+    fn leave(&self, id: u64) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.retain(|(queued, _)| *queued != id);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -92,7 +123,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
 }
 
 pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let pending = Arc::new(Pending::default());
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -103,14 +134,18 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!("too many clients still sending their request; dropping a connection");
-            continue;
-        };
         let daemon = daemon.clone();
+        let pending = pending.clone();
         tokio::spawn(async move {
-            let request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)).await;
-            drop(permit);
+            let (id, evicted) = pending.enter();
+            let request = tokio::select! {
+                request = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&stream)) => request,
+                _ = evicted => {
+                    tracing::debug!("idle control connection closed to make room");
+                    return;
+                }
+            };
+            pending.leave(id);
             let (request, fds) = match request {
                 Ok(Ok(received)) => received,
                 Ok(Err(FrameError::Closed)) => return,

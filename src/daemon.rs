@@ -14,12 +14,13 @@ use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::audit::Audit;
-use crate::config::Config;
+use crate::config::{Config, Secrets};
 use crate::lifecycle::{Daemon, SandboxNetwork, GRACE};
 use crate::netlink::Netlink;
 use crate::nft::{self, RulesetParams};
 use crate::pool::AddressPool;
-use crate::{control, dns, tproxy};
+use crate::upstream::{self, Upstreams};
+use crate::{control, dns, tls, tproxy};
 
 /// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
 pub const MARK: u32 = 0x5ba;
@@ -27,14 +28,28 @@ pub const ROUTE_TABLE: u32 = 0x5ba;
 /// Host-side veth names: `sbx<slot>`. Anything with this prefix at start-up is a leftover.
 pub const LINK_PREFIX: &str = "sbx";
 
-/// Loads and validates the config and its secrets; the error text is what the operator sees.
-pub fn load(path: &Path) -> Result<Config, String> {
-    let config = Config::load(path).map_err(|error| error.to_string())?;
-    config.load_secrets().map_err(|error| error.to_string())?;
-    Ok(config)
+/// A validated config with its secrets read, and the TLS roots for upstreams.
+pub struct Loaded {
+    pub config: Config,
+    pub secrets: Secrets,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Loads and validates the config, its secrets and its upstream CAs; the error text is what the
+/// operator sees.
+pub fn load(path: &Path) -> Result<Loaded, String> {
+    let config = Config::load(path).map_err(|error| error.to_string())?;
+    let secrets = config.load_secrets().map_err(|error| error.to_string())?;
+    let upstream_tls = upstream::client_config(&config.daemon.upstream_ca)
+        .map_err(|error| format!("{}: daemon.upstream_ca: {error}", config.path.display()))?;
+    Ok(Loaded {
+        config,
+        secrets,
+        upstream_tls,
+    })
+}
+
+pub fn run(loaded: Loaded) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "the daemon must run as root (it creates network namespaces, veths and nftables rules)"
@@ -46,7 +61,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("sandbox-daemon")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    // Core dumps of the daemon would hold every sandbox CA's key and the secrets.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    runtime.block_on(serve(loaded))
 }
 
 /// Each relayed connection holds two descriptors; the default soft limit of 1024 is far too low.
@@ -59,8 +76,10 @@ fn raise_fd_limit() {
 
 struct Listeners {
     tcp: Vec<tokio::net::TcpListener>,
+    tls: Vec<tokio::net::TcpListener>,
     dns: Vec<tokio::net::UdpSocket>,
     tcp_port: u16,
+    tls_port: u16,
     dns_port: u16,
 }
 
@@ -73,29 +92,38 @@ fn bind_listeners(ipv6: bool) -> anyhow::Result<Listeners> {
     for _ in 0..20 {
         let tcp4 = tproxy::tcp_listener(v4(0)).context("binding the transparent TCP listener")?;
         let tcp_port = tcp4.local_addr()?.port();
+        let tls4 = tproxy::tcp_listener(v4(0)).context("binding the transparent TLS listener")?;
+        let tls_port = tls4.local_addr()?.port();
         let dns4 = dns::udp_socket(v4(0)).context("binding the DNS relay")?;
         let dns_port = dns4.local_addr()?.port();
         if !ipv6 {
             return Ok(Listeners {
                 tcp: vec![tcp4],
+                tls: vec![tls4],
                 dns: vec![dns4],
                 tcp_port,
+                tls_port,
                 dns_port,
             });
         }
         match (
             tproxy::tcp_listener(v6(tcp_port)),
+            tproxy::tcp_listener(v6(tls_port)),
             dns::udp_socket(v6(dns_port)),
         ) {
-            (Ok(tcp6), Ok(dns6)) => {
+            (Ok(tcp6), Ok(tls6), Ok(dns6)) => {
                 return Ok(Listeners {
                     tcp: vec![tcp4, tcp6],
+                    tls: vec![tls4, tls6],
                     dns: vec![dns4, dns6],
                     tcp_port,
+                    tls_port,
                     dns_port,
                 })
             }
-            (Err(error), _) | (_, Err(error)) => last_error = Some(error),
+            (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                last_error = Some(error)
+            }
         }
     }
     Err(anyhow::anyhow!(
@@ -110,8 +138,8 @@ fn ipv6_usable(config: &Config) -> bool {
         && std::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).is_ok()
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
+async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+    let config = Arc::new(loaded.config);
     let netlink = Netlink::connect().context("opening a netlink socket")?;
     let leftovers = netlink
         .delete_links_with_prefix(LINK_PREFIX)
@@ -133,7 +161,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     nft::install(RulesetParams {
         mark: MARK,
         tcp_port: listeners.tcp_port,
-        tls_port: listeners.tcp_port,
+        tls_port: listeners.tls_port,
         dns_port: listeners.dns_port,
         networks: networks(&config),
     })
@@ -158,6 +186,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let daemon = Arc::new(Daemon::new(
         config.clone(),
+        Arc::new(loaded.secrets),
+        Upstreams::new(loaded.upstream_tls),
         pool,
         netlink,
         audit,
@@ -172,6 +202,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tasks.spawn(control::serve(control, daemon.clone()));
     for listener in listeners.tcp {
         tasks.spawn(tproxy::serve(listener, daemon.clone()));
+    }
+    for listener in listeners.tls {
+        tasks.spawn(tls::serve(listener, daemon.clone()));
     }
     for socket in listeners.dns {
         tasks.spawn(dns::serve(socket, daemon.clone()));
@@ -240,16 +273,19 @@ fn reload(daemon: &Daemon) {
     let current = daemon.config();
     match load(&current.path) {
         Ok(new) => {
-            let d = (&current.daemon, &new.daemon);
-            if d.0.socket != d.1.socket
-                || d.0.subnet != d.1.subnet
-                || d.0.subnet6 != d.1.subnet6
-                || d.0.audit_log != d.1.audit_log
-                || d.0.socket_group != d.1.socket_group
+            let (old, fresh) = (&current.daemon, &new.config.daemon);
+            if old.socket != fresh.socket
+                || old.socket_group != fresh.socket_group
+                || old.subnet != fresh.subnet
+                || old.subnet6 != fresh.subnet6
+                || old.audit_log != fresh.audit_log
             {
-                tracing::warn!("daemon.socket, socket_group, subnet, subnet6 and audit_log take effect only after a restart");
+                tracing::warn!(
+                    "daemon.socket, socket_group, subnet, subnet6 and audit_log take effect only after a restart"
+                );
             }
-            daemon.set_config(Arc::new(new));
+            daemon.upstreams.set_config(new.upstream_tls);
+            daemon.set_config(Arc::new(new.config), Arc::new(new.secrets));
             tracing::info!(config = %current.path.display(), "config reloaded; new sandboxes use it");
         }
         Err(error) => {

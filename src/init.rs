@@ -167,12 +167,15 @@ pub fn main() -> ! {
 fn keeper() -> Result<i32, InitError> {
     // SAFETY: the daemon placed our end of the control socket at this descriptor before exec.
     let mut control = unsafe { File::from_raw_fd(CONTROL_FD) };
-    let spec = read_spec(&mut control)?;
+    let (spec, rest) = read_spec(&mut control)?;
     prepare_mounts(&spec)?;
-    let mut go = [0u8; 1];
-    match control.read(&mut go) {
-        Ok(1) => {}
-        _ => return Err(InitError::Aborted),
+    // The go byte may have arrived in the same read as the spec.
+    if rest.is_empty() {
+        let mut go = [0u8; 1];
+        match control.read(&mut go) {
+            Ok(1) => {}
+            _ => return Err(InitError::Aborted),
+        }
     }
     drop(control);
 
@@ -196,14 +199,16 @@ fn keeper() -> Result<i32, InitError> {
     }
 }
 
-fn read_spec(control: &mut File) -> Result<InitSpec, InitError> {
+/// Reads the spec frame; returns it with whatever bytes followed it.
+fn read_spec(control: &mut File) -> Result<(InitSpec, Vec<u8>), InitError> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     loop {
         if let Some(body) =
             protocol::take_frame(&mut buffer).map_err(|e| InitError::Spec(e.to_string()))?
         {
-            return serde_json::from_slice(&body).map_err(|e| InitError::Spec(e.to_string()));
+            let spec = serde_json::from_slice(&body).map_err(|e| InitError::Spec(e.to_string()))?;
+            return Ok((spec, buffer));
         }
         match control.read(&mut chunk) {
             Ok(0) => return Err(InitError::Aborted),
@@ -296,6 +301,7 @@ fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitErro
     previous_mask
         .thread_set_mask()
         .context(|| "restoring the signal mask".into())?;
+    reset_signal_dispositions();
     nix::unistd::setsid().context(|| "setsid".into())?;
     if spec.tty {
         // SAFETY: plain ioctl on our own stdin; 0 means "do not steal it from another session".
@@ -324,6 +330,41 @@ fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitErro
     }
     nix::sys::prctl::set_no_new_privs().context(|| "setting no_new_privs".into())?;
     Ok(())
+}
+
+/// Ignored signals survive exec, and the Rust runtime ignores SIGPIPE: without this, `yes | head` would
+/// never end inside a sandbox. Every catchable signal goes back to its default — through the raw system
+/// call, because libc refuses to touch the signals it reserves for itself (32, 33), which an ignoring
+/// parent may still have passed down.
+fn reset_signal_dispositions() {
+    /// The kernel's `struct sigaction` (not libc's).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // SAFETY: a valid kernel sigaction for SIG_DFL; no old action is written back.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    &default as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8,
+                )
+            };
+        }
+    }
 }
 
 /// Empties the bounding set through prctl rather than a fixed list, so capabilities newer than any

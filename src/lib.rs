@@ -8,12 +8,15 @@
 //! `config` and `pool` feed the daemon; `daemon` starts and stops it all; `doctor` checks the host.
 
 pub mod audit;
+pub mod ca;
 pub mod client;
+pub mod clienthello;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod doctor;
+pub mod http_proxy;
 pub mod init;
 pub mod lifecycle;
 pub mod netlink;
@@ -22,4 +25,7 @@ pub mod pool;
 pub mod protocol;
 #[cfg(test)]
 mod testutil;
+pub mod tls;
 pub mod tproxy;
+pub mod trust;
+pub mod upstream;

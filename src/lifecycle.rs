@@ -8,7 +8,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,15 @@ use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
 
 use crate::audit::Audit;
-use crate::config::{Config, Egress, Profile, SecretSource};
+use crate::ca::SandboxCa;
+use crate::config::{Config, Egress, Integration, Profile, SecretSource, Secrets};
 use crate::control;
 use crate::init::{self, InitSpec, EXIT_NO_SANDBOX};
 use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::nft::{self, SandboxElements};
 use crate::pool::{AddressPool, Slot};
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
+use crate::upstream::Upstreams;
 
 /// How long a command has, after SIGTERM (daemon stopping) or SIGHUP (client gone), before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -74,7 +76,12 @@ pub struct Sandbox {
     pub id: String,
     pub caller: Caller,
     pub profile: Profile,
-    pub config: Arc<Config>,
+    /// The profile's integrations and the secrets as they were when the sandbox started: a reload
+    /// changes what new sandboxes get, never what a running one was given.
+    pub integrations: Vec<Integration>,
+    pub secrets: Arc<Secrets>,
+    /// This sandbox's own CA; its key never leaves the daemon's memory.
+    pub ca: SandboxCa,
     pub pid: u32,
     pub command: String,
     pub started: Instant,
@@ -113,6 +120,8 @@ enum SetupError {
     Spawn(io::Error),
     #[error("wiring the sandbox network: {0}")]
     Network(String),
+    #[error("making the sandbox's CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
 }
 
 /// Facts about the sandbox network fixed when the daemon starts.
@@ -126,6 +135,10 @@ pub struct SandboxNetwork {
 
 pub struct Daemon {
     config: RwLock<Arc<Config>>,
+    secrets: RwLock<Arc<Secrets>>,
+    pub upstreams: Upstreams,
+    id_salt: u32,
+    next_id: AtomicU32,
     pool: Mutex<AddressPool>,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     by_addr: RwLock<HashMap<IpAddr, Arc<Sandbox>>>,
@@ -138,16 +151,27 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
+        secrets: Arc<Secrets>,
+        upstreams: Upstreams,
         pool: AddressPool,
         netlink: Netlink,
         audit: Audit,
         network: SandboxNetwork,
         stopping: watch::Receiver<bool>,
     ) -> Daemon {
+        let id_salt = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0);
         Daemon {
             config: RwLock::new(config),
+            secrets: RwLock::new(secrets),
+            upstreams,
+            id_salt,
+            next_id: AtomicU32::new(0),
             pool: Mutex::new(pool),
             sandboxes: Mutex::default(),
             by_addr: RwLock::default(),
@@ -167,8 +191,26 @@ impl Daemon {
             .clone()
     }
 
-    pub fn set_config(&self, config: Arc<Config>) {
+    /// Takes effect for sandboxes started from now on.
+    pub fn set_config(&self, config: Arc<Config>, secrets: Arc<Secrets>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
+    }
+
+    fn secrets(&self) -> Arc<Secrets> {
+        self.secrets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ids: unique within this daemon, and unlikely to repeat across restarts (the salt).
+    fn new_id(&self) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{:08x}",
+            self.id_salt.rotate_left(16) ^ n.wrapping_mul(0x9e37_79b9)
+        )
     }
 
     /// The sandbox a connection came from, by its source address (spoofing is dropped by nftables).
@@ -293,17 +335,35 @@ impl Daemon {
                 SetupError::PoolExhausted(self.sandboxes.lock().map(|s| s.len()).unwrap_or(0))
             })?
         };
+        let id = self.new_id();
+        let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
+        let permitted: Vec<String> = integrations
+            .iter()
+            .flat_map(|integration| integration.hosts.iter().map(|host| host.to_string()))
+            .collect();
+        let ca = match SandboxCa::new(&id, &permitted) {
+            Ok(ca) => ca,
+            Err(error) => {
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .release(slot.index);
+                return Err(error.into());
+            }
+        };
         let mut wiring = Wiring::new(slot.clone(), self.network.ipv6);
         match self
-            .start(caller, request, stdio, &config, &mut wiring)
+            .start(caller, request, stdio, &config, &ca, &mut wiring)
             .await
         {
             Ok((pid, keeper, control)) => {
                 let sandbox = Arc::new(Sandbox {
-                    id: wiring.id(),
+                    id,
                     caller: caller.clone(),
                     profile,
-                    config,
+                    integrations,
+                    secrets: self.secrets(),
+                    ca,
                     pid,
                     command,
                     started: Instant::now(),
@@ -328,6 +388,7 @@ impl Daemon {
         request: &ExecRequest,
         stdio: [OwnedFd; 3],
         config: &Config,
+        ca: &SandboxCa,
         wiring: &mut Wiring,
     ) -> Result<(u32, tokio::process::Child, UnixStream), SetupError> {
         let (mut control, keeper_end) = UnixStream::pair().map_err(SetupError::Spawn)?;
@@ -341,16 +402,35 @@ impl Daemon {
         })?;
         wiring.keeper = Some(pid);
 
+        let trust = self.trust_plan(ca, request);
+        let mut replace: Vec<(PathBuf, Bytes)> = trust
+            .files
+            .into_iter()
+            .map(|(path, content)| (path, Bytes(content)))
+            .collect();
+        replace.extend(self.replaced_files());
+        let mut env: Vec<(Bytes, Bytes)> = request
+            .env
+            .iter()
+            .filter(|(key, _)| !trust.env.iter().any(|(name, _)| name.as_bytes() == key.0))
+            .cloned()
+            .collect();
+        env.extend(
+            trust
+                .env
+                .into_iter()
+                .map(|(key, value)| (Bytes(key.into_bytes()), Bytes(value.into_bytes()))),
+        );
         let spec = InitSpec {
             argv: request.argv.clone(),
-            env: request.env.clone(),
+            env,
             cwd: request.cwd.clone(),
             uid: caller.uid,
             gid: caller.gid,
             groups: caller.groups.clone(),
             tty: request.tty,
             hide: hidden_paths(config),
-            replace: self.replaced_files(&wiring.slot),
+            replace,
         };
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let netns =
@@ -484,7 +564,35 @@ impl Daemon {
 
     /// When the host's resolvers cannot be reached from a sandbox (loopback, or one of the host's own
     /// addresses, which sandboxes may not reach), the sandbox gets a resolv.conf that names the DNS relay.
-    fn replaced_files(&self, _slot: &Slot) -> Vec<(PathBuf, Bytes)> {
+    /// Where the sandbox's CA becomes trusted: the distribution bundles, and the bundles the caller's
+    /// environment names (read by the client, with the caller's rights).
+    fn trust_plan(&self, ca: &SandboxCa, request: &ExecRequest) -> crate::trust::TrustPlan {
+        let env: Vec<(String, String)> = request
+            .env
+            .iter()
+            .map(|(key, value)| {
+                (
+                    String::from_utf8_lossy(&key.0).into_owned(),
+                    String::from_utf8_lossy(&value.0).into_owned(),
+                )
+            })
+            .collect();
+        let caller_file = |path: &std::path::Path| {
+            request
+                .ca_files
+                .iter()
+                .find(|(sent, _)| sent.0 == path.as_os_str().as_encoded_bytes())
+                .map(|(_, content)| content.0.clone())
+        };
+        crate::trust::plan(
+            ca.cert_pem(),
+            &|path| std::fs::read(path).ok(),
+            &env,
+            &caller_file,
+        )
+    }
+
+    fn replaced_files(&self) -> Vec<(PathBuf, Bytes)> {
         let path = PathBuf::from("/etc/resolv.conf");
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Vec::new();
@@ -518,10 +626,6 @@ impl Wiring {
             link: false,
             elements: false,
         }
-    }
-
-    fn id(&self) -> String {
-        format!("{:08x}", rand_id(self.slot.index))
     }
 
     fn link_spec(&self) -> LinkSpec {
@@ -567,15 +671,6 @@ impl Wiring {
             self.link = false;
         }
     }
-}
-
-/// Sandbox ids: unique among live sandboxes (the slot is in them) and unlikely to repeat across restarts.
-fn rand_id(slot: u32) -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    (nanos & 0xffff_0000) ^ (slot & 0xffff) ^ (nanos >> 16 & 0xffff)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -108,18 +108,18 @@ fn main() -> ExitCode {
         }
         Command::Daemon { config, check } => {
             init_logging();
-            let config = match daemon::load(&config) {
-                Ok(config) => config,
+            let loaded = match daemon::load(&config) {
+                Ok(loaded) => loaded,
                 Err(error) => {
                     eprintln!("sandbox: {error}");
                     return ExitCode::from(2);
                 }
             };
             if check {
-                println!("{}: ok", config.path.display());
+                println!("{}: ok", loaded.config.path.display());
                 return ExitCode::SUCCESS;
             }
-            match daemon::run(config) {
+            match daemon::run(loaded) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("{error:#}");

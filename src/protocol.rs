@@ -73,6 +73,10 @@ pub struct ExecRequest {
     pub profile: Option<String>,
     /// The descriptors are a terminal the command should take as its controlling terminal.
     pub tty: bool,
+    /// The CA bundles the caller's environment names (see `trust::variables`), read by the client with
+    /// the caller's rights: path and content.
+    #[serde(default)]
+    pub ca_files: Vec<(Bytes, Bytes)>,
 }
 
 /// What the client sends after an exec has started.
@@ -231,6 +235,7 @@ mod tests {
             cwd: Bytes(b"/tmp".to_vec()),
             profile: Some("default".into()),
             tty: false,
+            ca_files: vec![],
         });
         let mut buffer = encode_request(request.clone()).unwrap();
         buffer.extend_from_slice(b"\0\0"); // the start of the next frame stays behind

@@ -74,13 +74,23 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    accept_loop(listener, daemon, relay).await
+}
+
+/// Accepts forever, one task per connection. An accept error (EMFILE...) is logged and retried after a
+/// pause instead of spinning.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, daemon: Arc<Daemon>, handle: F)
+where
+    F: Fn(Arc<Daemon>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(relay(daemon.clone(), client, peer));
+                tokio::spawn(handle(daemon.clone(), client, peer));
             }
             Err(error) => {
-                tracing::warn!(%error, "accept on the TCP relay failed");
+                tracing::warn!(%error, listener = ?listener.local_addr().ok(), "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -88,49 +98,94 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
 }
 
 async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
-    let Ok(destination) = client.local_addr() else {
-        return;
-    };
-    let Some(sandbox) = daemon.sandbox_by_addr(peer.ip()) else {
-        // Not from a live sandbox: a host process that found the listener, or a sandbox that just ended.
-        tracing::debug!(%peer, %destination, "connection from an unknown address closed");
-        reset(client);
+    let Some((sandbox, destination)) = admit(&daemon, &client, peer) else {
         return;
     };
     let started = Instant::now();
     sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveConnection::enter(&sandbox);
-    let mut record = Record::new(&sandbox, Kind::Tcp, destination);
-
-    let refusal = if _active.over_limit {
-        Some(format!(
-            "more than {MAX_CONNECTIONS_PER_SANDBOX} open connections"
-        ))
-    } else {
-        blocked_reason(
-            destination.ip(),
-            &daemon.network.networks,
-            &host_addresses(),
-        )
-        .map(|reason| format!("{destination} is {reason}"))
-        .or_else(|| {
-            (!sandbox.egress_allowed()).then(|| {
-                format!(
-                    "profile {:?} does not allow {destination}",
-                    sandbox.profile.name
-                )
-            })
-        })
-    };
-    if let Some(reason) = refusal {
-        tracing::debug!(id = %sandbox.id, %destination, %reason, "connection refused");
-        record.finish(Verdict::Denied, Some(reason), started);
-        daemon.audit.log(record).await;
-        reset(client);
+    let active = ActiveConnection::enter(&sandbox);
+    let record = Record::new(&sandbox, Kind::Tcp, destination);
+    if let Some(reason) = refusal(&daemon, &sandbox, destination, active.over_limit, true) {
+        deny(&daemon, client, record, reason, started).await;
         return;
     }
+    splice(&daemon, &sandbox, client, destination, record, started).await;
+}
 
-    let upstream =
+/// The sandbox a relayed connection came from and where it was going; None (and the connection reset)
+/// if it came from no live sandbox: a host process that found the listener, or a sandbox that just ended.
+pub fn admit(
+    daemon: &Daemon,
+    client: &TcpStream,
+    peer: SocketAddr,
+) -> Option<(Arc<Sandbox>, SocketAddr)> {
+    let destination = client.local_addr().ok()?;
+    match daemon.sandbox_by_addr(peer.ip()) {
+        Some(sandbox) => Some((sandbox, destination)),
+        None => {
+            tracing::debug!(%peer, %destination, "connection from an unknown address closed");
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            let _ = socket::setsockopt(client, sockopt::Linger, &linger);
+            None
+        }
+    }
+}
+
+/// Why this connection may not go out, if it may not. `check_egress`: whether a profile with
+/// `egress = "deny"` refuses it (plain TCP carries no name that `allow_hosts` could match).
+pub fn refusal(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    destination: SocketAddr,
+    over_limit: bool,
+    check_egress: bool,
+) -> Option<String> {
+    if over_limit {
+        return Some(format!(
+            "more than {MAX_CONNECTIONS_PER_SANDBOX} open connections"
+        ));
+    }
+    if let Some(reason) = blocked_reason(
+        destination.ip(),
+        &daemon.network.networks,
+        &host_addresses(),
+    ) {
+        return Some(format!("{destination} is {reason}"));
+    }
+    (check_egress && !sandbox.egress_allowed()).then(|| {
+        format!(
+            "profile {:?} does not allow {destination}",
+            sandbox.profile.name
+        )
+    })
+}
+
+async fn deny(
+    daemon: &Daemon,
+    client: TcpStream,
+    mut record: Record,
+    reason: String,
+    started: Instant,
+) {
+    tracing::debug!(sandbox = %record.sandbox, destination = %record.destination, %reason, "connection refused");
+    record.finish(Verdict::Denied, Some(reason), started);
+    daemon.audit.log(record).await;
+    reset(client);
+}
+
+/// Opens the outbound connection and copies bytes both ways until both sides are done.
+pub async fn splice(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    mut client: TcpStream,
+    destination: SocketAddr,
+    mut record: Record,
+    started: Instant,
+) {
+    let mut upstream =
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
@@ -148,9 +203,7 @@ async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         };
     let _ = upstream.set_nodelay(true);
     let _ = client.set_nodelay(true);
-    let (mut client, mut upstream) = (client, upstream);
-    let result = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    let (up, down, error) = match result {
+    let (up, down, error) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => (up, down, None),
         Err(error) => (0, 0, Some(error.to_string())),
     };
@@ -168,7 +221,7 @@ async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
 }
 
 /// Closes with RST so the client fails at once instead of seeing an orderly, empty connection.
-fn reset(stream: TcpStream) {
+pub fn reset(stream: TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -176,13 +229,13 @@ fn reset(stream: TcpStream) {
     let _ = socket::setsockopt(&stream, sockopt::Linger, &linger);
 }
 
-struct ActiveConnection<'a> {
+pub struct ActiveConnection<'a> {
     sandbox: &'a Sandbox,
-    over_limit: bool,
+    pub over_limit: bool,
 }
 
 impl<'a> ActiveConnection<'a> {
-    fn enter(sandbox: &'a Sandbox) -> Self {
+    pub fn enter(sandbox: &'a Sandbox) -> Self {
         let before = sandbox.stats.active.fetch_add(1, Ordering::Relaxed);
         ActiveConnection {
             sandbox,

@@ -1,0 +1,581 @@
+//! The HTTP proxy for intercepted connections: terminates TLS with a leaf minted from the sandbox's own CA,
+//! serves HTTP/1.1 and HTTP/2 (hyper), and forwards each request to the verified upstream with the
+//! integration's headers set. It injects nothing when the request's host is not the TLS server name (421),
+//! when the upstream's certificate is not valid for that name (502), or for methods that could reflect or
+//! smuggle the secret (TRACE, CONNECT, `Upgrade: h2c`). Bodies stream both ways; upgrades (WebSocket) tunnel
+//! after the injected handshake. Every request gets an audit record when its response ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::audit::{Audit, Kind, Record, Verdict};
+use crate::config::{Integration, Secrets};
+use crate::lifecycle::{Daemon, Sandbox};
+use crate::upstream::ProxyBody;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Also how long an idle HTTP/1.1 connection may wait for its next request.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+const MAX_HTTP2_STREAMS: u32 = 128;
+
+/// One intercepted TLS connection: who it belongs to and what it may carry.
+struct Intercept {
+    audit: Audit,
+    daemon: Arc<Daemon>,
+    sandbox: Arc<Sandbox>,
+    destination: SocketAddr,
+    sni: String,
+    integration: Integration,
+}
+
+/// Terminates TLS on `client` and serves HTTP on it until the client or the upstream is done.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    sandbox: Arc<Sandbox>,
+    client: TcpStream,
+    destination: SocketAddr,
+    sni: String,
+    integration: Integration,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(sandbox.ca.server_config());
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(id = %sandbox.id, %sni, %error, "TLS handshake with the sandbox failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let intercept = Arc::new(Intercept {
+        audit: daemon.audit.clone(),
+        daemon,
+        sandbox,
+        destination,
+        sni,
+        integration,
+    });
+    let service = service_fn(move |request| {
+        let intercept = intercept.clone();
+        async move { Ok::<_, Infallible>(intercept.proxy(request).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_HTTP2_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    if let Err(error) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%error, "intercepted connection ended with an error");
+    }
+}
+
+impl Intercept {
+    async fn proxy(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut record = Record::new(&self.sandbox, Kind::Https, self.destination);
+        record.sni = Some(self.sni.clone());
+        record.method = Some(request.method().to_string());
+        record.path = Some(request.uri().path().to_string());
+        record.integration = Some(self.integration.name.clone());
+        let host = request_host(&request);
+        record.host = host.clone();
+
+        if let Some(refusal) = self.refusal(&request, host.as_deref()) {
+            let (status, message) = refusal;
+            record.status = Some(status.as_u16());
+            record.finish(Verdict::Denied, Some(message.clone()), started);
+            self.audit.log(record).await;
+            return text(status, &message);
+        }
+
+        let upgrade_requested =
+            is_upgrade(request.headers()) && request.version() < Version::HTTP_2;
+        let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+        parts.headers.remove(header::HOST);
+        if let Err(missing) = inject(&mut parts.headers, &self.integration, &self.sandbox.secrets) {
+            let message =
+                format!("sandbox: secret {missing:?} is not loaded; see the daemon's log");
+            record.status = Some(500);
+            record.finish(Verdict::Error, Some(message.clone()), started);
+            self.audit.log(record).await;
+            return text(StatusCode::INTERNAL_SERVER_ERROR, &message);
+        }
+        let authority = if self.destination.port() == 443 {
+            self.sni.clone()
+        } else {
+            format!("{}:{}", self.sni, self.destination.port())
+        };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = match Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(error) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("sandbox: bad request target: {error}"),
+                )
+            }
+        };
+        parts.version = Version::HTTP_11;
+        let sent = Arc::new(AtomicU64::new(0));
+        let body = Metered::new(body, sent.clone(), None).boxed();
+        let upstream_request = Request::from_parts(parts, body);
+
+        let Some(pool) = self.daemon.upstreams.pool(self.destination, &self.sni) else {
+            return text(
+                StatusCode::BAD_GATEWAY,
+                "sandbox: the TLS server name is not a valid DNS name",
+            );
+        };
+        let mut response = match pool.request(upstream_request).await {
+            Ok(response) => response,
+            Err(error) => {
+                let (message, verdict) =
+                    describe_upstream_error(&error, &self.sni, self.destination);
+                record.status = Some(502);
+                record.bytes_up = sent.load(Ordering::Relaxed);
+                record.finish(verdict, Some(message.clone()), started);
+                self.audit.log(record).await;
+                return text(StatusCode::BAD_GATEWAY, &message);
+            }
+        };
+        record.status = Some(response.status().as_u16());
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            }
+        } else {
+            strip_hop_by_hop(response.headers_mut(), false);
+        }
+        let sandbox = self.sandbox.clone();
+        let audit = self.audit.clone();
+        let (parts, body) = response.into_parts();
+        let received = Arc::new(AtomicU64::new(0));
+        let finished = {
+            let received = received.clone();
+            move |error: Option<String>| {
+                record.bytes_up = sent.load(Ordering::Relaxed);
+                record.bytes_down = received.load(Ordering::Relaxed);
+                sandbox
+                    .stats
+                    .bytes_up
+                    .fetch_add(record.bytes_up, Ordering::Relaxed);
+                sandbox
+                    .stats
+                    .bytes_down
+                    .fetch_add(record.bytes_down, Ordering::Relaxed);
+                let verdict = if error.is_some() {
+                    Verdict::Error
+                } else {
+                    Verdict::Injected
+                };
+                record.finish(verdict, error, started);
+                audit.log_now(record);
+            }
+        };
+        Response::from_parts(
+            parts,
+            Metered::new(body, received, Some(Box::new(finished))).boxed(),
+        )
+    }
+
+    /// Why this request must not be sent with the secret, if so.
+    fn refusal(
+        &self,
+        request: &Request<Incoming>,
+        host: Option<&str>,
+    ) -> Option<(StatusCode, String)> {
+        let sni = &self.sni;
+        match host {
+            Some(host) if host_matches(host, sni, self.destination.port()) => {}
+            Some(host) => {
+                return Some((
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
+                ))
+            }
+            None => return Some((StatusCode::BAD_REQUEST, "sandbox: the request names no host".into())),
+        }
+        if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+            return Some((
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("sandbox: {} is not allowed to {sni} (it could reveal the injected credentials)", request.method()),
+            ));
+        }
+        let h2c = request
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .any(|value| {
+                value
+                    .to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
+            });
+        if h2c || request.headers().contains_key("http2-settings") {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                "sandbox: Upgrade: h2c is not allowed".into(),
+            ));
+        }
+        None
+    }
+}
+
+/// The host the request is for: the HTTP/2 :authority or absolute-form target, else the Host header.
+fn request_host(request: &Request<Incoming>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().to_ascii_lowercase());
+    }
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(|host| host.to_ascii_lowercase())
+}
+
+/// Whether `host` (as sent, maybe with a port) names `sni` on the connection's port.
+pub fn host_matches(host: &str, sni: &str, port: u16) -> bool {
+    let (name, host_port) = match host.rsplit_once(':') {
+        Some((name, port_text)) if !name.contains(':') => match port_text.parse::<u16>() {
+            Ok(parsed) => (name, Some(parsed)),
+            Err(_) => return false,
+        },
+        _ => (host, None),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case(sni)
+        && host_port.is_none_or(|p| p == port || (p == 443 && port == 443))
+}
+
+/// Sets the integration's headers, replacing any of the same name the client sent.
+pub fn inject(
+    headers: &mut HeaderMap,
+    integration: &Integration,
+    secrets: &Secrets,
+) -> Result<(), String> {
+    for (name, template) in &integration.headers {
+        let value = template.render(secrets).map_err(|missing| missing.0)?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| name.clone())?;
+        let mut value = HeaderValue::from_str(&value).map_err(|_| name.to_string())?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if let Some(basic) = &integration.basic_auth {
+        let user = basic
+            .username
+            .render(secrets)
+            .map_err(|missing| missing.0)?;
+        let password = basic
+            .password
+            .render(secrets)
+            .map_err(|missing| missing.0)?;
+        let encoded = base64(format!("{user}:{password}").as_bytes());
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|_| "basic_auth".to_string())?;
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok(())
+}
+
+/// Standard base64 with padding (RFC 4648), for basic auth.
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        })
+}
+
+/// Removes connection-specific headers, which must not cross a proxy (and are illegal in HTTP/2).
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te"] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Copies bytes both ways between the two upgraded connections (WebSocket and the like).
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+fn describe_upstream_error(
+    error: &hyper_util::client::legacy::Error,
+    sni: &str,
+    destination: SocketAddr,
+) -> (String, Verdict) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            if matches!(tls, rustls::Error::InvalidCertificate(_)) {
+                return (
+                    format!("sandbox: the server at {destination} has no valid certificate for {sni} ({tls}); nothing was sent to it"),
+                    Verdict::Denied,
+                );
+            }
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                if matches!(tls, rustls::Error::InvalidCertificate(_)) {
+                    return (
+                        format!("sandbox: the server at {destination} has no valid certificate for {sni} ({tls}); nothing was sent to it"),
+                        Verdict::Denied,
+                    );
+                }
+            }
+        }
+        source = current.source();
+    }
+    let detail = std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ");
+    (
+        format!("sandbox: upstream {sni} at {destination} failed: {detail}"),
+        Verdict::Error,
+    )
+}
+
+fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never: Infallible| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+type OnEnd = Box<dyn FnOnce(Option<String>) + Send + Sync>;
+
+/// A body that counts the bytes passing through and reports once when it ends (or is dropped early).
+struct Metered<B> {
+    inner: B,
+    bytes: Arc<AtomicU64>,
+    on_end: Option<OnEnd>,
+}
+
+impl<B> Metered<B> {
+    fn new(inner: B, bytes: Arc<AtomicU64>, on_end: Option<OnEnd>) -> Self {
+        Metered {
+            inner,
+            bytes,
+            on_end,
+        }
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                // hyper stops polling a body whose length it knows is reached.
+                if self.inner.is_end_stream() {
+                    if let Some(on_end) = self.on_end.take() {
+                        on_end(None);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let message = error.to_string();
+                if let Some(on_end) = self.on_end.take() {
+                    on_end(Some(message));
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(on_end) = self.on_end.take() {
+                    on_end(None);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(Some("the response was not read to its end".into()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_must_name_the_sni_on_this_port() {
+        assert!(host_matches("api.example.com", "api.example.com", 443));
+        assert!(host_matches("API.example.com.", "api.example.com", 443));
+        assert!(host_matches("api.example.com:443", "api.example.com", 443));
+        assert!(host_matches(
+            "api.example.com:8443",
+            "api.example.com",
+            8443
+        ));
+        assert!(!host_matches(
+            "api.example.com:8443",
+            "api.example.com",
+            443
+        ));
+        assert!(!host_matches("evil.example.com", "api.example.com", 443));
+        assert!(!host_matches(
+            "api.example.com.evil.com",
+            "api.example.com",
+            443
+        ));
+        assert!(!host_matches("api.example.com:x", "api.example.com", 443));
+        assert!(!host_matches("[::1]:443", "api.example.com", 443));
+    }
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        for (input, output) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), output);
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_survives_when_tunnelling() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+    }
+}

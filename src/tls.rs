@@ -1,0 +1,114 @@
+//! The TLS listener: every TCP connection a sandbox opens to port 443 arrives here (TPROXY). It peeks the
+//! whole ClientHello without consuming it and routes by SNI: a host of one of the profile's integrations is
+//! terminated and proxied (`http_proxy`); any other host is spliced through untouched when the profile allows
+//! egress (or lists the host in `allow_hosts`), else refused. A connection without SNI is never terminated.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::audit::{Kind, Record, Verdict};
+use crate::clienthello;
+use crate::config::Integration;
+use crate::lifecycle::{Daemon, Sandbox};
+use crate::tproxy::{self, ActiveConnection};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
+    tproxy::accept_loop(listener, daemon, handle).await
+}
+
+enum Route {
+    Intercept(Integration),
+    Passthrough,
+    Deny(String),
+}
+
+/// Where a connection with this SNI goes for this sandbox.
+fn route(sandbox: &Sandbox, sni: Option<&str>) -> Route {
+    let Some(sni) = sni else {
+        return if sandbox.egress_allowed() {
+            Route::Passthrough
+        } else {
+            Route::Deny("no TLS server name (SNI), and the profile allows only named hosts".into())
+        };
+    };
+    if let Some(integration) = sandbox
+        .integrations
+        .iter()
+        .find(|integration| integration.hosts.iter().any(|host| host.matches(sni)))
+    {
+        return Route::Intercept(integration.clone());
+    }
+    if sandbox.egress_allowed()
+        || sandbox
+            .profile
+            .allow_hosts
+            .iter()
+            .any(|host| host.matches(sni))
+    {
+        Route::Passthrough
+    } else {
+        Route::Deny(format!(
+            "profile {:?} does not allow {sni}",
+            sandbox.profile.name
+        ))
+    }
+}
+
+async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
+    let Some((sandbox, destination)) = tproxy::admit(&daemon, &client, peer) else {
+        return;
+    };
+    let started = Instant::now();
+    let _active = ActiveConnection::enter(&sandbox);
+    if let Some(reason) = tproxy::refusal(&daemon, &sandbox, destination, _active.over_limit, false)
+    {
+        let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
+        record.finish(Verdict::Denied, Some(reason), started);
+        daemon.audit.log(record).await;
+        tproxy::reset(client);
+        return;
+    }
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, clienthello::peek(&client)).await;
+    let sni = match hello {
+        Ok(Ok(hello)) => hello.sni,
+        // Not TLS, or too slow: never terminated; relayed only where any traffic may go.
+        Ok(Err(error)) => {
+            tracing::debug!(id = %sandbox.id, %destination, %error, "no usable ClientHello");
+            None
+        }
+        Err(_) => None,
+    };
+    match route(&sandbox, sni.as_deref()) {
+        Route::Intercept(integration) => {
+            sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let sni = sni.unwrap_or_default();
+            crate::http_proxy::serve(
+                daemon,
+                sandbox.clone(),
+                client,
+                destination,
+                sni,
+                integration,
+            )
+            .await;
+        }
+        Route::Passthrough => {
+            let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
+            record.sni = sni;
+            tproxy::splice(&daemon, &sandbox, client, destination, record, started).await;
+        }
+        Route::Deny(reason) => {
+            let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
+            record.sni = sni;
+            record.finish(Verdict::Denied, Some(reason), started);
+            daemon.audit.log(record).await;
+            tproxy::reset(client);
+        }
+    }
+}
