@@ -112,9 +112,20 @@ pub fn exec(
 /// The CA bundles the caller's environment points at, read as the caller: the sandbox sees them with its
 /// CA added, and only what the caller could read itself can get there.
 fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
-    crate::trust::variables()
+    let mut paths: Vec<std::ffi::OsString> = crate::trust::variables()
         .filter_map(std::env::var_os)
         .filter(|path| !path.is_empty())
+        // The daemon adds the CA to the distribution bundles itself.
+        .filter(|path| {
+            !crate::trust::SYSTEM_BUNDLES
+                .iter()
+                .any(|bundle| path == bundle)
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
         .filter_map(|path| {
             let file = std::fs::File::open(&path).ok()?;
             let metadata = file.metadata().ok()?;

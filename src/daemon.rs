@@ -210,6 +210,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         tasks.spawn(dns::serve(socket, daemon.clone()));
     }
     tasks.spawn(tproxy::refresh_host_addresses(daemon.clone()));
+    tasks.spawn(daemon.clone().reap_forever());
     tracing::info!(
         socket = %config.daemon.socket.display(), subnet = %config.daemon.subnet, ipv6,
         tcp_port = listeners.tcp_port, dns_port = listeners.dns_port, "ready"

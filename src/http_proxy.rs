@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{Integration, Secrets};
 use crate::lifecycle::{Daemon, Sandbox};
-use crate::upstream::ProxyBody;
+use crate::upstream::{Protocols, ProxyBody};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
@@ -154,7 +154,16 @@ impl Intercept {
         let body = Metered::new(body, sent.clone(), None).boxed();
         let upstream_request = Request::from_parts(parts, body);
 
-        let Some(pool) = self.daemon.upstreams.pool(self.destination, &self.sni) else {
+        let protocols = if upgrade_requested {
+            Protocols::Http1Only
+        } else {
+            Protocols::Any
+        };
+        let Some(pool) = self
+            .daemon
+            .upstreams
+            .pool(self.destination, &self.sni, protocols)
+        else {
             return text(
                 StatusCode::BAD_GATEWAY,
                 "sandbox: the TLS server name is not a valid DNS name",

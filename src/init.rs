@@ -68,8 +68,12 @@ pub struct InitSpec {
     /// Paths the sandbox must not reach (the daemon's socket and config, secret files): files are
     /// covered with /dev/null, directories with an empty read-only tmpfs.
     pub hide: Vec<PathBuf>,
-    /// Files whose content the sandbox sees replaced (resolv.conf).
+    /// Files whose content the sandbox sees replaced (resolv.conf, caller CA bundles).
     pub replace: Vec<(PathBuf, Bytes)>,
+    /// Distribution CA bundles the sandbox sees with `ca_pem` appended. The keeper reads them itself:
+    /// they are large, and sending them with every exec would cost more than the sandbox.
+    pub add_ca: Vec<PathBuf>,
+    pub ca_pem: String,
 }
 
 /// Starts the keeper in fresh namespaces. Must be called from a thread that outlives the sandbox (a
@@ -443,11 +447,22 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
     for path in &spec.hide {
         hide(path)?;
     }
-    if !spec.replace.is_empty() {
-        let scratch = ScratchFs::new()?;
-        for (path, content) in &spec.replace {
-            scratch.replace(path, &content.0)?;
+    if spec.replace.is_empty() && spec.add_ca.is_empty() {
+        return Ok(());
+    }
+    let scratch = ScratchFs::new()?;
+    for (path, content) in &spec.replace {
+        scratch.replace(path, &content.0)?;
+    }
+    for path in &spec.add_ca {
+        let Ok(mut bundle) = std::fs::read(path) else {
+            continue;
+        };
+        if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
         }
+        bundle.extend_from_slice(spec.ca_pem.as_bytes());
+        scratch.replace(path, &bundle)?;
     }
     Ok(())
 }

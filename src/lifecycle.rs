@@ -32,6 +32,11 @@ use crate::upstream::Upstreams;
 
 /// How long a command has, after SIGTERM (daemon stopping) or SIGHUP (client gone), before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// Ended sandboxes are reaped together after this pause: one nft run and one kernel namespace cleanup
+/// for all of them, instead of each end competing with the next start for the same kernel locks.
+const REAP_DELAY: Duration = Duration::from_millis(200);
+/// How long the reaper waits for the kernel to remove a dead namespace's veth before deleting it itself.
+const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Who is calling, as the kernel reported it on the control socket.
 #[derive(Debug, Clone)]
@@ -148,6 +153,8 @@ pub struct Daemon {
     stopping: watch::Receiver<bool>,
     tearing_down: AtomicUsize,
     torn_down: Notify,
+    graveyard: Mutex<Vec<Wiring>>,
+    reap_soon: Notify,
 }
 
 impl Daemon {
@@ -181,6 +188,8 @@ impl Daemon {
             stopping,
             tearing_down: AtomicUsize::new(0),
             torn_down: Notify::new(),
+            graveyard: Mutex::default(),
+            reap_soon: Notify::new(),
         }
     }
 
@@ -268,7 +277,7 @@ impl Daemon {
     ) {
         let started = Instant::now();
         let command = describe(&request.argv);
-        let (sandbox, keeper, control) = match self
+        let (sandbox, keeper, control, wiring) = match self
             .create(&caller, &request, fds, command.clone())
             .await
         {
@@ -304,7 +313,7 @@ impl Daemon {
             id = %sandbox.id, user = %caller.user, profile = %sandbox.profile.name, %command,
             exit = code, duration_ms = sandbox.started.elapsed().as_millis() as u64, "sandbox ended"
         );
-        self.teardown(sandbox).await;
+        self.teardown(sandbox, wiring);
     }
 
     async fn create(
@@ -313,7 +322,7 @@ impl Daemon {
         request: &ExecRequest,
         fds: Vec<OwnedFd>,
         command: String,
-    ) -> Result<(Arc<Sandbox>, tokio::process::Child, UnixStream), SetupError> {
+    ) -> Result<(Arc<Sandbox>, tokio::process::Child, UnixStream, Wiring), SetupError> {
         let config = self.config();
         let profile = config
             .select_profile(
@@ -371,12 +380,11 @@ impl Daemon {
                     stats: Stats::default(),
                 });
                 self.register(&sandbox);
-                Ok((sandbox, keeper, control))
+                Ok((sandbox, keeper, control, wiring))
             }
             Err(error) => {
                 self.tearing_down.fetch_add(1, Ordering::SeqCst);
-                wiring.undo(&self.netlink).await;
-                self.release(&wiring.slot);
+                self.bury(wiring);
                 Err(error)
             }
         }
@@ -403,8 +411,13 @@ impl Daemon {
         wiring.keeper = Some(pid);
 
         let trust = self.trust_plan(ca, request);
-        let mut replace: Vec<(PathBuf, Bytes)> = trust
-            .files
+        let (add_ca, caller_bundles): (Vec<_>, Vec<_>) =
+            trust.files.into_iter().partition(|(path, _)| {
+                crate::trust::SYSTEM_BUNDLES
+                    .iter()
+                    .any(|bundle| path == std::path::Path::new(bundle))
+            });
+        let mut replace: Vec<(PathBuf, Bytes)> = caller_bundles
             .into_iter()
             .map(|(path, content)| (path, Bytes(content)))
             .collect();
@@ -431,6 +444,8 @@ impl Daemon {
             tty: request.tty,
             hide: hidden_paths(config),
             replace,
+            add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
+            ca_pem: ca.cert_pem().to_string(),
         };
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let netns =
@@ -441,7 +456,8 @@ impl Daemon {
             self.netlink.create_sandbox_link(&link_spec, netns.as_fd()),
             nft::add_sandbox(&elements),
         );
-        drop(netns);
+        // Held until the sandbox is reaped, so the namespace dies with a batch of others.
+        wiring.netns = Some(netns.into());
         wiring.link = true;
         wiring.elements = elements.is_ok();
         link.map_err(|e| SetupError::Network(e.to_string()))?;
@@ -533,7 +549,7 @@ impl Daemon {
             .insert(sandbox.id.clone(), sandbox.clone());
     }
 
-    async fn teardown(&self, sandbox: Arc<Sandbox>) {
+    fn teardown(&self, sandbox: Arc<Sandbox>, wiring: Wiring) {
         self.tearing_down.fetch_add(1, Ordering::SeqCst);
         {
             let mut by_addr = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
@@ -546,11 +562,77 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&sandbox.id);
-        let mut wiring = Wiring::new(sandbox.slot.clone(), self.network.ipv6);
-        wiring.link = true;
-        wiring.elements = true;
-        wiring.undo(&self.netlink).await;
-        self.release(&sandbox.slot);
+        self.bury(wiring);
+    }
+
+    /// Hands an ended (or failed) sandbox's kernel objects to the reaper.
+    fn bury(&self, mut wiring: Wiring) {
+        if let Some(pid) = wiring.keeper.take() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        self.graveyard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(wiring);
+        self.reap_soon.notify_one();
+    }
+
+    /// Removes the kernel objects of ended sandboxes, in batches, for the daemon's whole life.
+    pub async fn reap_forever(self: Arc<Self>) {
+        loop {
+            self.reap_soon.notified().await;
+            if !*self.stopping.borrow() {
+                tokio::time::sleep(REAP_DELAY).await;
+            }
+            let batch =
+                std::mem::take(&mut *self.graveyard.lock().unwrap_or_else(|e| e.into_inner()));
+            self.reap(batch).await;
+        }
+    }
+
+    /// Removes what exists of each sandbox in `batch`, logging failures and carrying on: the set
+    /// elements in one nft run; the namespaces by letting go of them all at once (the kernel removes
+    /// their veths with them); a veth still there after a while is deleted by hand.
+    async fn reap(&self, batch: Vec<Wiring>) {
+        if batch.is_empty() {
+            return;
+        }
+        let elements: Vec<SandboxElements> = batch
+            .iter()
+            .filter(|w| w.elements)
+            .map(Wiring::elements)
+            .collect();
+        if let Err(error) = nft::remove_sandboxes(&elements).await {
+            tracing::error!(%error, "removing nftables elements");
+        }
+        let mut links: Vec<String> = Vec::new();
+        let mut slots = Vec::new();
+        for mut wiring in batch {
+            wiring.netns = None;
+            if wiring.link {
+                links.push(wiring.slot.host_ifname());
+            }
+            slots.push(wiring.slot);
+        }
+        let deadline = Instant::now() + LINK_GONE_TIMEOUT;
+        while !links.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            match self.netlink.link_names().await {
+                Ok(present) => links.retain(|name| present.contains(name)),
+                Err(error) => {
+                    tracing::warn!(%error, "listing links");
+                    break;
+                }
+            }
+        }
+        for name in links {
+            if let Err(error) = self.netlink.delete_link(&name).await {
+                tracing::error!(%error, ifname = %name, "removing veth");
+            }
+        }
+        for slot in &slots {
+            self.release(slot);
+        }
     }
 
     fn release(&self, slot: &Slot) {
@@ -584,9 +666,10 @@ impl Daemon {
                 .find(|(sent, _)| sent.0 == path.as_os_str().as_encoded_bytes())
                 .map(|(_, content)| content.0.clone())
         };
+        // Only which distribution bundles exist matters here: the keeper appends the CA to their content.
         crate::trust::plan(
             ca.cert_pem(),
-            &|path| std::fs::read(path).ok(),
+            &|path| path.exists().then(Vec::new),
             &env,
             &caller_file,
         )
@@ -607,12 +690,13 @@ impl Daemon {
     }
 }
 
-/// The kernel objects of one sandbox, and which of them exist, so a failed start and a normal end undo
+/// The kernel objects of one sandbox, and which of them exist, so a failed start and a normal end remove
 /// exactly what was made.
 struct Wiring {
     slot: Slot,
     ipv6: bool,
     keeper: Option<u32>,
+    netns: Option<OwnedFd>,
     link: bool,
     elements: bool,
 }
@@ -623,6 +707,7 @@ impl Wiring {
             slot,
             ipv6,
             keeper: None,
+            netns: None,
             link: false,
             elements: false,
         }
@@ -650,25 +735,6 @@ impl Wiring {
             ifname: self.slot.host_ifname(),
             v4: self.slot.sandbox_v4,
             v6: self.slot.sandbox_v6.filter(|_| self.ipv6),
-        }
-    }
-
-    /// Removes what exists, in reverse order, logging failures and carrying on.
-    async fn undo(&mut self, netlink: &Netlink) {
-        if let Some(pid) = self.keeper.take() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        if self.elements {
-            if let Err(error) = nft::remove_sandbox(&self.elements()).await {
-                tracing::error!(%error, ifname = %self.slot.host_ifname(), "removing nftables elements");
-            }
-            self.elements = false;
-        }
-        if self.link {
-            if let Err(error) = netlink.delete_link(&self.slot.host_ifname()).await {
-                tracing::error!(%error, ifname = %self.slot.host_ifname(), "removing veth");
-            }
-            self.link = false;
         }
     }
 }

@@ -408,10 +408,10 @@ pub fn add_elements(e: &SandboxElements) -> Nftables<'static> {
     batch.to_nftables()
 }
 
-/// The batch that removes one sandbox's elements. Each is added first so that the batch also
-/// succeeds when some are already gone (teardown after a partial failure).
-pub fn delete_elements(e: &SandboxElements) -> Nftables<'static> {
-    let objects = elements(e);
+/// The batch that removes the elements of the given sandboxes. Each is added first so that the batch
+/// also succeeds when some are already gone (teardown after a partial failure).
+pub fn delete_elements(all: &[SandboxElements]) -> Nftables<'static> {
+    let objects: Vec<_> = all.iter().flat_map(elements).collect();
     let mut batch = Batch::new();
     for object in &objects {
         batch.add(object.clone());
@@ -428,10 +428,18 @@ pub async fn add_sandbox(e: &SandboxElements) -> Result<(), NftError> {
         .map_err(nft_error(format!("add set elements of {}", e.ifname)))
 }
 
-pub async fn remove_sandbox(e: &SandboxElements) -> Result<(), NftError> {
-    helper::apply_ruleset_async(&delete_elements(e))
+/// Removes the elements of several sandboxes in one nft run: ended sandboxes are reaped in batches.
+pub async fn remove_sandboxes(all: &[SandboxElements]) -> Result<(), NftError> {
+    if all.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = all.iter().map(|e| e.ifname.as_str()).collect();
+    helper::apply_ruleset_async(&delete_elements(all))
         .await
-        .map_err(nft_error(format!("delete set elements of {}", e.ifname)))
+        .map_err(nft_error(format!(
+            "delete set elements of {}",
+            names.join(", ")
+        )))
 }
 
 /// Reads the table from the kernel (for the daemon's self-check and for leak checks).
@@ -569,7 +577,7 @@ mod tests {
             ]})
         );
         assert_eq!(
-            to_json(&delete_elements(&sbx3())),
+            to_json(&delete_elements(&[sbx3()])),
             json!({"nftables": [
                 elem_cmd("add", "ifaces", ifaces.clone()),
                 elem_cmd("add", "src4", src4.clone()),
@@ -815,8 +823,8 @@ mod tests {
             );
             assert_eq!(rule_count().await, 15);
 
-            remove_sandbox(&a).await.unwrap();
-            remove_sandbox(&a).await.unwrap();
+            remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
+            remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
             let state = read_back().await.unwrap();
             assert_eq!(
                 (state.ifaces, state.src4, state.src6),
@@ -839,7 +847,7 @@ mod tests {
                 let start = Instant::now();
                 add_sandbox(&a).await.unwrap();
                 took.push(start.elapsed());
-                remove_sandbox(&a).await.unwrap();
+                remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
             }
             took.sort();
             eprintln!(

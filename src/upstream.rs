@@ -155,46 +155,61 @@ impl tower_service::Service<Uri> for Connector {
 
 pub type Pool = Client<Connector, ProxyBody>;
 
+/// Which protocols an upstream connection may speak. Upgrades (WebSocket) exist only in HTTP/1.1, so a
+/// request asking for one goes over a connection that offered nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocols {
+    Any,
+    Http1Only,
+}
+
 /// The pools of all upstreams, shared by every sandbox (keyed by destination and verified name only).
 pub struct Upstreams {
-    tls: Mutex<TlsConnector>,
-    pools: Mutex<HashMap<(SocketAddr, String), Pool>>,
+    tls: Mutex<Arc<rustls::ClientConfig>>,
+    pools: Mutex<HashMap<(SocketAddr, String, Protocols), Pool>>,
 }
 
 impl Upstreams {
     pub fn new(config: Arc<rustls::ClientConfig>) -> Self {
         Upstreams {
-            tls: Mutex::new(TlsConnector::from(config)),
+            tls: Mutex::new(config),
             pools: Mutex::default(),
         }
     }
 
     /// New roots (config reload): existing pools drain, new connections use the new roots.
     pub fn set_config(&self, config: Arc<rustls::ClientConfig>) {
-        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = TlsConnector::from(config);
+        *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = config;
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    pub fn pool(&self, destination: SocketAddr, name: &str) -> Option<Pool> {
+    pub fn pool(&self, destination: SocketAddr, name: &str, protocols: Protocols) -> Option<Pool> {
         let server_name = ServerName::try_from(name.to_string()).ok()?;
+        let key = (destination, name.to_string(), protocols);
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = pools.get(&(destination, name.to_string())) {
+        if let Some(pool) = pools.get(&key) {
             return Some(pool.clone());
         }
         if pools.len() >= MAX_POOLS {
             pools.clear();
         }
+        let mut config = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if protocols == Protocols::Http1Only {
+            let mut http1 = (*config).clone();
+            http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config = Arc::new(http1);
+        }
         let connector = Connector {
             destination,
             name: server_name,
-            tls: self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            tls: TlsConnector::from(config),
         };
         let pool = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .build(connector);
-        pools.insert((destination, name.to_string()), pool.clone());
+        pools.insert(key, pool.clone());
         Some(pool)
     }
 }

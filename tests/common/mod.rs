@@ -6,10 +6,14 @@
 //!   H-<suffix>  the test's "host": the daemon runs here; `uplink` 10.a.b.1/24, fd77:x::1/64;
 //!               a TCP service on :8080 that sandboxes must never reach.
 //!   U-<suffix>  the upstream: `eth0` 10.a.b.2/24, fd77:x::2/64 and 169.254.169.254/32 (a metadata impostor);
-//!               HTTP :80, TCP echo :443, UDP echo :9999, DNS :53 (upstream.test).
+//!               HTTP :80, TCP echo :443, UDP echo :9999, DNS :53 (upstream.test; more names with
+//!               `TestNet::add_dns_name`).
+//!   `tls_upstream::TlsUpstream` adds HTTPS servers on further addresses of U (interception tests).
 
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
+
+pub mod tls_upstream;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -615,8 +619,11 @@ pub const DNS_NAME: &str = "upstream.test";
 const QTYPE_A: u16 = 1;
 const QTYPE_AAAA: u16 = 28;
 
-/// Answers A/AAAA for [`DNS_NAME`] with U's addresses, NODATA for its other types, NXDOMAIN for the rest.
-fn dns_answer(q: &[u8], v4: Ipv4Addr, v6: Ipv6Addr) -> Option<(String, Vec<u8>)> {
+/// Names the test resolver knows, with their A and AAAA answers.
+pub type DnsNames = Arc<Mutex<Vec<(String, Ipv4Addr, Ipv6Addr)>>>;
+
+/// Answers A/AAAA for the names in `names`, NODATA for their other types, NXDOMAIN for the rest.
+fn dns_answer(q: &[u8], names: &DnsNames) -> Option<(String, Vec<u8>)> {
     if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
         return None;
     }
@@ -638,10 +645,16 @@ fn dns_answer(q: &[u8], v4: Ipv4Addr, v6: Ipv6Addr) -> Option<(String, Vec<u8>)>
     i += 4;
     let question = q.get(12..i)?;
     let name = labels.join(".");
-    let known = name == DNS_NAME;
-    let rdata = match (known, qtype) {
-        (true, QTYPE_A) => Some(v4.octets().to_vec()),
-        (true, QTYPE_AAAA) => Some(v6.octets().to_vec()),
+    let entry = names
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|&(_, v4, v6)| (v4, v6));
+    let known = entry.is_some();
+    let rdata = match (entry, qtype) {
+        (Some((v4, _)), QTYPE_A) => Some(v4.octets().to_vec()),
+        (Some((_, v6)), QTYPE_AAAA) => Some(v6.octets().to_vec()),
         _ => None,
     };
     let mut r = Vec::with_capacity(64);
@@ -742,6 +755,8 @@ pub struct TestNet {
     /// An address of U that plays the cloud metadata service (H routes it to U).
     pub metadata4: Ipv4Addr,
     pub seen: Arc<Seen>,
+    /// What the test resolver in U answers (at first only [`DNS_NAME`]).
+    pub dns_names: DnsNames,
     servers: Servers,
     guard: NetnsGuard,
 }
@@ -802,6 +817,7 @@ impl TestNet {
         );
 
         let seen = Arc::new(Seen::default());
+        let dns_names: DnsNames = Arc::new(Mutex::new(vec![(DNS_NAME.to_string(), u4, u6)]));
         let mut servers = Servers::default();
         let any4 = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let any6 = |port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
@@ -809,7 +825,11 @@ impl TestNet {
         let (http, echo, udp, dns) = in_netns(&u, move || {
             (
                 [tcp_listen(any4(80)), tcp_listen(any6(80))],
-                [tcp_listen(any4(443)), tcp_listen(any6(443))],
+                // U's own two addresses only: other addresses of U may serve HTTPS on 443.
+                [
+                    tcp_listen(SocketAddr::from((u4, 443))),
+                    tcp_listen(SocketAddr::from((u6, 443))),
+                ],
                 [udp_bind(any4(9999)), udp_bind(any6(9999))],
                 [udp_bind(any4(53)), udp_bind(any6(53))],
             )
@@ -829,9 +849,9 @@ impl TestNet {
             });
         }
         for s in dns {
-            let seen = seen.clone();
+            let (seen, names) = (seen.clone(), dns_names.clone());
             servers.udp(s, move |sock, data, peer| {
-                if let Some((question, answer)) = dns_answer(data, u4, u6) {
+                if let Some((question, answer)) = dns_answer(data, &names) {
                     seen.dns.lock().unwrap().push(question);
                     let _ = sock.send_to(&answer, peer);
                 }
@@ -861,6 +881,7 @@ impl TestNet {
             u6,
             metadata4,
             seen,
+            dns_names,
             servers,
             guard,
         }
@@ -871,9 +892,19 @@ impl TestNet {
         DaemonBuilder {
             net: self,
             extra_toml: String::new(),
+            daemon_toml: String::new(),
+            profile_toml: Vec::new(),
             resolv_conf: format!("nameserver {}\n", self.u4),
             env: Vec::new(),
         }
+    }
+
+    /// Makes the test resolver answer `name` with these addresses.
+    pub fn add_dns_name(&self, name: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+        self.dns_names
+            .lock()
+            .unwrap()
+            .push((name.to_ascii_lowercase(), v4, v6));
     }
 
     /// Sends one UDP datagram from H to `to` and waits up to 2 s for the echo.
@@ -1415,6 +1446,8 @@ pub fn run_command(mut cmd: Command, limit: Duration) -> Output {
 pub struct DaemonBuilder<'n> {
     net: &'n TestNet,
     extra_toml: String,
+    daemon_toml: String,
+    profile_toml: Vec<(String, String)>,
     resolv_conf: String,
     env: Vec<(String, String)>,
 }
@@ -1423,6 +1456,20 @@ impl<'n> DaemonBuilder<'n> {
     /// TOML appended after the base config (profiles `default`, `locked` (egress deny), `rootonly`).
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
+        self
+    }
+
+    /// TOML lines added to the base config's `[daemon]` table (e.g. `upstream_ca = [...]`).
+    pub fn daemon_toml(mut self, toml: &str) -> Self {
+        self.daemon_toml.push_str(toml);
+        self.daemon_toml.push('\n');
+        self
+    }
+
+    /// TOML lines added to the base profile `profile` (`default`, `locked` or `rootonly`), e.g.
+    /// `integrations = ["api"]`.
+    pub fn profile_toml(mut self, profile: &str, toml: &str) -> Self {
+        self.profile_toml.push((profile.into(), toml.into()));
         self
     }
 
@@ -1455,6 +1502,8 @@ impl<'n> DaemonBuilder<'n> {
             dir,
             work,
             env: self.env,
+            daemon_toml: self.daemon_toml,
+            profile_toml: self.profile_toml,
             child: None,
             starts: 0,
         };
@@ -1475,13 +1524,23 @@ pub struct Daemon<'n> {
     pub socket: PathBuf,
     pub audit_log: PathBuf,
     env: Vec<(String, String)>,
+    daemon_toml: String,
+    profile_toml: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
 
 impl Daemon<'_> {
-    /// The config file text: the base config plus `extra`.
+    /// The config file text: the base config (with the builder's `daemon_toml` and `profile_toml`)
+    /// plus `extra`.
     pub fn config_text(&self, extra: &str) -> String {
+        let profile = |name: &str| -> String {
+            self.profile_toml
+                .iter()
+                .filter(|(p, _)| p == name)
+                .map(|(_, t)| format!("{t}\n"))
+                .collect()
+        };
         format!(
             r#"# {CONFIG_MARKER}
 [daemon]
@@ -1491,25 +1550,29 @@ subnet = "{POOL4}"
 subnet6 = "{POOL6}"
 audit_log = "{audit}"
 dns = ["{dns}"]
-
+{daemon_toml}
 [[profile]]
 name = "default"
 users = ["*"]
-
+{default}
 [[profile]]
 name = "locked"
 users = ["*"]
 egress = "deny"
-
+{locked}
 [[profile]]
 name = "rootonly"
 users = ["root"]
-
+{rootonly}
 {extra}
 "#,
             socket = self.socket.display(),
             audit = self.audit_log.display(),
             dns = self.net.u4,
+            daemon_toml = self.daemon_toml,
+            default = profile("default"),
+            locked = profile("locked"),
+            rootonly = profile("rootonly"),
         )
     }
 

@@ -1,0 +1,837 @@
+//! An HTTPS upstream in U for the interception tests: certificates from a test CA made at run time
+//! (passed to the daemon as `upstream_ca`), HTTP/1.1 and HTTP/2 (hyper, ALPN h2 and http/1.1), and
+//! a second server whose certificate for the same names comes from another CA the daemon does not
+//! trust. Every request either server parses is recorded, so a test sees exactly what arrived.
+//!
+//! Addresses (added to U's `eth0`; H reaches them on the uplink's /24 and /64):
+//!   .3 / ::3  the good server, :443, cert from the test CA for [`GOOD_NAMES`] (and the resolver's
+//!             answer for those names);
+//!   .4 / ::4  the impostor, :443, cert for the same names plus [`EVIL_HOST`] from the other CA;
+//!   .5 / ::5  the good server again, but offering only http/1.1 in ALPN ([`H1_HOST`]).
+//!
+//! Paths: `/echo` (JSON of method, target, version, host, headers; `?quiet` gives header names only),
+//! `/upload` (the body's length), `/sse` (`data: first`, then `data: second` once the test calls
+//! [`TlsUpstream::release_sse`]), `/big?mib=N` (N MiB), `/ws` (WebSocket echo after an HTTP/1.1
+//! upgrade) and `/repo.git/...` (a git repository for dumb HTTP, see [`TlsUpstream::serve_git_repo`]).
+
+use std::convert::Infallible;
+use std::fs;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::mpsc as stream_channel;
+use futures::SinkExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use super::{in_netns, ip, tcp_listen, tool, unique_suffix, DaemonBuilder, TempDir, TestNet};
+
+/// The integration `api` (header injection).
+pub const API_HOST: &str = "api.test";
+/// The integration `basic` (basic_auth).
+pub const BASIC_HOST: &str = "basic.test";
+/// In no integration: passed through under egress = allow.
+pub const PLAIN_HOST: &str = "plain.test";
+/// In the `locked` profile's allow_hosts.
+pub const ALLOWED_HOST: &str = "allowed.test";
+/// A name the good server's certificate also covers (Host / SNI mismatch tests).
+pub const OTHER_HOST: &str = "other.test";
+/// Resolves to the impostor.
+pub const EVIL_HOST: &str = "evil.test";
+/// Also in integration `api`; served by a good server that speaks only HTTP/1.1.
+pub const H1_HOST: &str = "h1.test";
+pub const GOOD_NAMES: &[&str] = &[
+    API_HOST,
+    BASIC_HOST,
+    PLAIN_HOST,
+    ALLOWED_HOST,
+    OTHER_HOST,
+    H1_HOST,
+];
+pub const TEST_CA_CN: &str = "sbx-e2e test CA";
+pub const OTHER_CA_CN: &str = "sbx-e2e other CA";
+pub const BASIC_USER: &str = "sbx-basic-user";
+/// The daemon's variable holding the `t` secret.
+pub const SECRET_VAR: &str = "SBX_TEST_SECRET";
+/// The content of README in the git repository the upstream serves.
+pub const GIT_MARKER: &str = "sbx-e2e git repository";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// Certificate from the test CA (trusted by the daemon through `upstream_ca`).
+    Good,
+    /// Certificate for the same names from a CA nobody trusts.
+    Evil,
+}
+
+/// One request as a server parsed it.
+#[derive(Clone, Debug)]
+pub struct UpstreamRequest {
+    pub server: Server,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: String,
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    /// `:authority` or `Host`.
+    pub host: Option<String>,
+    /// Names in lower case, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body_len: u64,
+    /// FNV-1a 64 of the body.
+    pub body_fnv: u64,
+}
+
+impl UpstreamRequest {
+    /// Every value of header `name`.
+    pub fn header(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+
+    pub fn query(&self) -> &str {
+        self.target.split_once('?').map_or("", |(_, q)| q)
+    }
+
+    /// Whether any header name or value, or the target, contains `needle`.
+    pub fn mentions(&self, needle: &str) -> bool {
+        self.target.contains(needle)
+            || self
+                .headers
+                .iter()
+                .any(|(n, v)| n.contains(needle) || v.contains(needle))
+    }
+}
+
+pub fn fnv64(data: &[u8], mut hash: u64) -> u64 {
+    for &b in data {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+pub const FNV64_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+type Log = Arc<Mutex<Vec<UpstreamRequest>>>;
+type ProxyBody = BoxBody<Bytes, Infallible>;
+
+struct State {
+    server: Server,
+    log: Log,
+    sse_release: Arc<Semaphore>,
+    www: PathBuf,
+}
+
+/// The HTTPS servers in U; dropping this stops them.
+pub struct TlsUpstream {
+    /// 0755: the test CA (`ca.pem`, 0644, so the test user can pass it to curl), the other CA, the
+    /// file secret (0600) and the served files.
+    pub dir: TempDir,
+    pub ca_pem: PathBuf,
+    pub other_ca_pem: PathBuf,
+    pub good4: Ipv4Addr,
+    pub good6: Ipv6Addr,
+    pub evil4: Ipv4Addr,
+    pub evil6: Ipv6Addr,
+    /// The good server without h2 ([`H1_HOST`]).
+    pub h1_4: Ipv4Addr,
+    pub h1_6: Ipv6Addr,
+    /// The value of secret `t` (header integration `api`), from the daemon's environment.
+    pub secret: String,
+    /// The value of secret `b` (basic_auth integration `basic`), from a file.
+    pub basic_secret: String,
+    pub basic_secret_file: PathBuf,
+    www: PathBuf,
+    log: Log,
+    sse_release: Arc<Semaphore>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TlsUpstream {
+    /// Adds the servers' addresses to U and their names to the test resolver, and starts them.
+    pub fn new(net: &TestNet) -> TlsUpstream {
+        let [a, b, c, _] = net.u4.octets();
+        let good4 = Ipv4Addr::new(a, b, c, 3);
+        let evil4 = Ipv4Addr::new(a, b, c, 4);
+        let s = net.u6.segments();
+        let good6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 3);
+        let evil6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 4);
+        let h1_4 = Ipv4Addr::new(a, b, c, 5);
+        let h1_6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 5);
+        for addr in [good4, evil4, h1_4] {
+            ip(
+                &net.u,
+                &["addr", "add", &format!("{addr}/32"), "dev", "eth0"],
+            );
+        }
+        for addr in [good6, evil6, h1_6] {
+            ip(
+                &net.u,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{addr}/128"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+        }
+        for name in GOOD_NAMES {
+            if *name == H1_HOST {
+                net.add_dns_name(name, h1_4, h1_6);
+            } else {
+                net.add_dns_name(name, good4, good6);
+            }
+        }
+        net.add_dns_name(EVIL_HOST, evil4, evil6);
+
+        let dir = TempDir::new("tls", 0o755);
+        let www = dir.join("www");
+        fs::create_dir(&www).unwrap();
+        let test_ca = TestCa::new(TEST_CA_CN);
+        let other_ca = TestCa::new(OTHER_CA_CN);
+        let ca_pem = dir.join("ca.pem");
+        let other_ca_pem = dir.join("other-ca.pem");
+        for (path, pem) in [(&ca_pem, &test_ca.pem), (&other_ca_pem, &other_ca.pem)] {
+            fs::write(path, pem).unwrap();
+            fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let suffix = unique_suffix();
+        let secret = format!("sbx-e2e-secret-{suffix}");
+        let basic_secret = format!("sbx-e2e-basic-{suffix}");
+        let basic_secret_file = dir.join("basic.key");
+        fs::write(&basic_secret_file, format!("{basic_secret}\n")).unwrap();
+        fs::set_permissions(&basic_secret_file, fs::Permissions::from_mode(0o600)).unwrap();
+
+        let mut evil_names = GOOD_NAMES.to_vec();
+        evil_names.push(EVIL_HOST);
+        let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+        let good_tls = server_config(test_ca.leaf(GOOD_NAMES), both);
+        let h1_tls = server_config(test_ca.leaf(GOOD_NAMES), &[b"http/1.1"]);
+        let evil_tls = server_config(other_ca.leaf(&evil_names), both);
+        let servers = [
+            (good4.into(), Server::Good, good_tls.clone()),
+            (good6.into(), Server::Good, good_tls),
+            (evil4.into(), Server::Evil, evil_tls.clone()),
+            (evil6.into(), Server::Evil, evil_tls),
+            (h1_4.into(), Server::Good, h1_tls.clone()),
+            (h1_6.into(), Server::Good, h1_tls),
+        ];
+        let addrs: Vec<std::net::IpAddr> = servers.iter().map(|s| s.0).collect();
+        let listeners = in_netns(&net.u, move || {
+            addrs
+                .into_iter()
+                .map(|ip| tcp_listen(SocketAddr::new(ip, 443)))
+                .collect::<Vec<_>>()
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tls-upstream")
+            .enable_all()
+            .build()
+            .expect("tokio runtime for the TLS upstream");
+        let log = Log::default();
+        let sse_release = Arc::new(Semaphore::new(0));
+        for (listener, (_, server, tls)) in listeners.into_iter().zip(servers) {
+            let state = Arc::new(State {
+                server,
+                log: log.clone(),
+                sse_release: sse_release.clone(),
+                www: www.clone(),
+            });
+            listener.set_nonblocking(true).unwrap();
+            let _entered = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            runtime.spawn(accept_loop(listener, tls, state));
+        }
+        TlsUpstream {
+            dir,
+            ca_pem,
+            other_ca_pem,
+            good4,
+            good6,
+            evil4,
+            evil6,
+            h1_4,
+            h1_6,
+            secret,
+            basic_secret,
+            basic_secret_file,
+            www,
+            log,
+            sse_release,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The daemon config for interception: `upstream_ca`, secrets `t` (env) and `b` (file),
+    /// integrations `api` (headers) and `basic` (basic_auth); profile `default` gets both, `locked`
+    /// (egress deny) allows [`ALLOWED_HOST`], and `apionly` is egress deny with `api`.
+    pub fn configure<'n>(&self, builder: DaemonBuilder<'n>) -> DaemonBuilder<'n> {
+        builder
+            .env(SECRET_VAR, &self.secret)
+            .daemon_toml(&format!(
+                "upstream_ca = [{:?}]",
+                self.ca_pem.display().to_string()
+            ))
+            .profile_toml("default", r#"integrations = ["api", "basic"]"#)
+            .profile_toml("locked", &format!(r#"allow_hosts = ["{ALLOWED_HOST}"]"#))
+            .extra_toml(&format!(
+                r#"
+[secrets]
+t = {{ env = "{SECRET_VAR}" }}
+b = {{ file = {file:?} }}
+
+[[integration]]
+name = "api"
+hosts = ["{API_HOST}", "{H1_HOST}"]
+headers = {{ Authorization = "Bearer ${{secret:t}}", "X-Api-Key" = "${{secret:t}}" }}
+
+[[integration]]
+name = "basic"
+hosts = ["{BASIC_HOST}"]
+basic_auth = {{ username = "{BASIC_USER}", password = "${{secret:b}}" }}
+
+[[profile]]
+name = "apionly"
+users = ["*"]
+egress = "deny"
+integrations = ["api"]
+"#,
+                file = self.basic_secret_file.display().to_string(),
+            ))
+    }
+
+    /// What `Authorization` the `basic` integration must send.
+    pub fn basic_authorization(&self) -> String {
+        format!(
+            "Basic {}",
+            base64(format!("{BASIC_USER}:{}", self.basic_secret).as_bytes())
+        )
+    }
+
+    /// Every request either server parsed so far.
+    pub fn requests(&self) -> Vec<UpstreamRequest> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn requests_to(&self, server: Server) -> Vec<UpstreamRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.server == server)
+            .collect()
+    }
+
+    /// Lets one `/sse` response send its second event and end.
+    pub fn release_sse(&self) {
+        self.sse_release.add_permits(1);
+    }
+
+    /// Makes `/repo.git/` a bare repository with one commit (README = [`GIT_MARKER`]) prepared for
+    /// git's dumb HTTP protocol.
+    pub fn serve_git_repo(&self) {
+        let work = self.dir.join("git-work");
+        let bare = self.www.join("repo.git");
+        let git = |args: &[&str]| {
+            let out = Command::new(tool("git"))
+                .args(args)
+                .env_clear()
+                .env("PATH", super::STD_PATH)
+                .env("HOME", self.dir.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_AUTHOR_NAME", "sbx")
+                .env("GIT_AUTHOR_EMAIL", "sbx@e2e.test")
+                .env("GIT_COMMITTER_NAME", "sbx")
+                .env("GIT_COMMITTER_EMAIL", "sbx@e2e.test")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run git");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                super::describe(&out)
+            );
+        };
+        let work_s = work.display().to_string();
+        let bare_s = bare.display().to_string();
+        git(&["init", "-q", "-b", "main", &work_s]);
+        fs::write(work.join("README"), format!("{GIT_MARKER}\n")).unwrap();
+        git(&["-C", &work_s, "add", "README"]);
+        git(&["-C", &work_s, "commit", "-q", "-m", "first"]);
+        git(&["clone", "-q", "--bare", &work_s, &bare_s]);
+        git(&["-C", &bare_s, "update-server-info"]);
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Certificates
+
+struct TestCa {
+    pem: String,
+    der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new(common_name: &str) -> TestCa {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (the first is also the common name) and its key.
+    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            vec![cert.der().clone(), self.der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+}
+
+fn server_config(
+    (chain, key): (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The servers
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    state: Arc<State>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = tcp.local_addr().unwrap_or(peer);
+        let (tls, state) = (tls.clone(), state.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |request| {
+                handle(state.clone(), local, peer, request)
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get("host")
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        });
+    let mut record = UpstreamRequest {
+        server: state.server,
+        local,
+        peer,
+        version: format!("{:?}", request.version()),
+        method: request.method().to_string(),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string()),
+        host,
+        headers,
+        body_len: 0,
+        body_fnv: FNV64_INIT,
+    };
+    if record.path() == "/ws" {
+        state.log.lock().unwrap().push(record);
+        return Ok(websocket(&mut request));
+    }
+    let mut body = request.into_body();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            break;
+        };
+        if let Some(data) = frame.data_ref() {
+            record.body_len += data.len() as u64;
+            record.body_fnv = fnv64(data, record.body_fnv);
+        }
+    }
+    state.log.lock().unwrap().push(record.clone());
+    let response = match record.path() {
+        "/echo" => echo(&record),
+        "/upload" => text(StatusCode::OK, format!("received {}\n", record.body_len)),
+        "/sse" => sse(state.sse_release.clone()),
+        "/big" => {
+            let mib = record
+                .query()
+                .split('&')
+                .find_map(|p| p.strip_prefix("mib="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(20);
+            big(mib)
+        }
+        path if path.starts_with("/repo.git/") => file(&state.www, path),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    Ok(response)
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .unwrap()
+}
+
+fn echo(r: &UpstreamRequest) -> Response<ProxyBody> {
+    let server = format!("{:?}", r.server);
+    let quiet = r.query().split('&').any(|p| p == "quiet");
+    let body = if quiet {
+        json!({
+            "server": server,
+            "method": r.method,
+            "target": r.target,
+            "header_names": r.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        })
+    } else {
+        json!({
+            "server": server,
+            "method": r.method,
+            "target": r.target,
+            "version": r.version,
+            "host": r.host,
+            "headers": r.headers,
+            "body_len": r.body_len,
+        })
+    };
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(format!("{body}\n"))).boxed())
+        .unwrap()
+}
+
+fn sse(release: Arc<Semaphore>) -> Response<ProxyBody> {
+    let (mut tx, rx) = stream_channel::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let first = Frame::data(Bytes::from_static(b"data: first\n\n"));
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        // Bounded, so a test that never releases cannot keep the task forever.
+        if let Ok(Ok(permit)) =
+            tokio::time::timeout(Duration::from_secs(20), release.acquire()).await
+        {
+            permit.forget();
+        }
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+            .await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(StreamBody::new(rx).boxed())
+        .unwrap()
+}
+
+fn big(mib: u64) -> Response<ProxyBody> {
+    const CHUNK: usize = 64 * 1024;
+    let (mut tx, rx) = stream_channel::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        for _ in 0..mib * (1 << 20) / CHUNK as u64 {
+            if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", mib << 20)
+        .body(StreamBody::new(rx).boxed())
+        .unwrap()
+}
+
+fn file(www: &Path, path: &str) -> Response<ProxyBody> {
+    let rel = path.trim_start_matches('/');
+    if rel
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    }
+    match fs::read(www.join(rel)) {
+        Ok(data) => Response::builder()
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(Bytes::from(data)).boxed())
+            .unwrap(),
+        Err(_) => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Answers an HTTP/1.1 `Upgrade: websocket` with 101 and then echoes every frame.
+fn websocket(request: &mut Request<Incoming>) -> Response<ProxyBody> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let is_websocket = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (true, Some(key)) = (is_websocket, header("sec-websocket-key")) else {
+        return text(
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "test upstream: /ws wants an HTTP/1.1 Upgrade: websocket with Sec-WebSocket-Key; got {:?} upgrade={:?}\n",
+                request.version(),
+                header("upgrade")
+            ),
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            websocket_echo(TokioIo::new(upgraded)).await;
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", websocket_accept(&key))
+        .body(Empty::new().boxed())
+        .unwrap()
+}
+
+/// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
+pub fn websocket_accept(key: &str) -> String {
+    base64(&sha1(
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    ))
+}
+
+async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    loop {
+        let mut head = [0u8; 2];
+        if io.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let opcode = head[0] & 0x0f;
+        let mut len = u64::from(head[1] & 0x7f);
+        if len == 126 {
+            let mut b = [0u8; 2];
+            if io.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            len = u64::from(u16::from_be_bytes(b));
+        } else if len == 127 {
+            let mut b = [0u8; 8];
+            if io.read_exact(&mut b).await.is_err() {
+                return;
+            }
+            len = u64::from_be_bytes(b);
+        }
+        let mut mask = [0u8; 4];
+        if head[1] & 0x80 != 0 && io.read_exact(&mut mask).await.is_err() {
+            return;
+        }
+        if len > 1 << 20 {
+            return;
+        }
+        let mut payload = vec![0u8; len as usize];
+        if io.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(n as u8),
+            n if n < 65536 => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&payload);
+        if io.write_all(&out).await.is_err() || io.flush().await.is_err() || opcode == 8 {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// SHA-1 and base64 (for the WebSocket handshake and basic auth; not dependencies of the crate)
+
+pub fn sha1(data: &[u8]) -> [u8; 20] {
+    let mut h: [u32; 5] = [
+        0x6745_2301,
+        0xefcd_ab89,
+        0x98ba_dcfe,
+        0x1032_5476,
+        0xc3d2_e1f0,
+    ];
+    let mut msg = data.to_vec();
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
+    for block in msg.chunks(64) {
+        let mut w = [0u32; 80];
+        for (wi, bytes) in w.iter_mut().zip(block.chunks(4)) {
+            *wi = u32::from_be_bytes(bytes.try_into().unwrap());
+        }
+        for i in 16..80 {
+            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e] = h;
+        for (i, wi) in w.iter().enumerate() {
+            let (f, k) = match i {
+                0..=19 => ((b & c) | (!b & d), 0x5a82_7999),
+                20..=39 => (b ^ c ^ d, 0x6ed9_eba1),
+                40..=59 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
+                _ => (b ^ c ^ d, 0xca62_c1d6),
+            };
+            let t = a
+                .rotate_left(5)
+                .wrapping_add(f)
+                .wrapping_add(e)
+                .wrapping_add(k)
+                .wrapping_add(*wi);
+            e = d;
+            d = c;
+            c = b.rotate_left(30);
+            b = a;
+            a = t;
+        }
+        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+    let mut out = [0u8; 20];
+    for (o, x) in out.chunks_mut(4).zip(h) {
+        o.copy_from_slice(&x.to_be_bytes());
+    }
+    out
+}
+
+/// Standard base64 with padding.
+pub fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
