@@ -735,14 +735,11 @@ mod tests {
                 .await
                 .unwrap();
 
-            // Right away, also over IPv6: nothing waits for DAD.
+            // Right away, also over IPv6: binding the host address and connecting from the sandbox's
+            // both fail while an address is still tentative (DAD), so success proves nothing waits.
             let listener6 = TcpListener::bind((v6.host, 0)).unwrap();
             let (took6, peer6) = connect_from_sandbox(sandbox_ns.as_fd(), &listener6);
             assert_eq!(peer6.ip(), IpAddr::from(v6.sandbox));
-            assert!(
-                took6 < Duration::from_millis(500),
-                "IPv6 connect took {took6:?}"
-            );
             let listener4 = TcpListener::bind((spec.host_v4, 0)).unwrap();
             let (took4, peer4) = connect_from_sandbox(sandbox_ns.as_fd(), &listener4);
             assert_eq!(peer4.ip(), IpAddr::from(spec.sandbox_v4));
