@@ -144,12 +144,27 @@ impl Secrets {
 }
 
 /// A secret's value. Its Debug says `<redacted>` and it has no Display, so it cannot be logged
-/// by accident.
+/// by accident. Its memory is locked (never swapped, where the kernel allows) and zeroed on drop.
 pub struct SecretValue(String);
 
 impl SecretValue {
+    fn new(value: String) -> Self {
+        // SAFETY: the range is the string's own allocation, alive as long as the value.
+        unsafe { libc::mlock(value.as_ptr().cast(), value.capacity()) };
+        SecretValue(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        let (ptr, capacity) = (self.0.as_ptr(), self.0.capacity());
+        zeroize::Zeroize::zeroize(&mut self.0);
+        // SAFETY: the same range mlock was given; the allocation is still alive here.
+        unsafe { libc::munlock(ptr.cast(), capacity) };
     }
 }
 
@@ -529,7 +544,7 @@ impl Config {
         self.secrets
             .iter()
             .map(|(name, def)| match def.source.read() {
-                Ok(value) => Ok((name.clone(), SecretValue(value))),
+                Ok(value) => Ok((name.clone(), SecretValue::new(value))),
                 Err(why) => Err(ConfigError::At {
                     path: self.path.clone(),
                     location: def.location,
@@ -610,6 +625,12 @@ impl SecretSource {
 
 /// Reads a secret file; editors end files with a newline that is not part of the secret.
 fn read_value(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = fs::metadata(path) {
+        if metadata.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(path = %path.display(), "secret file is readable by every user; chmod o-r it");
+        }
+    }
     let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut value = String::from_utf8(bytes).map_err(|_| "the value is not valid UTF-8")?;
     let len = value
@@ -1523,8 +1544,8 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
     #[test]
     fn templates() {
         let mut values = BTreeMap::new();
-        values.insert("k".to_owned(), SecretValue("V".into()));
-        values.insert("other-1".to_owned(), SecretValue("W".into()));
+        values.insert("k".to_owned(), SecretValue::new("V".into()));
+        values.insert("other-1".to_owned(), SecretValue::new("W".into()));
         let secrets = Secrets(values);
         let render = |s: &str| Template::parse(s).unwrap().render(&secrets).unwrap();
         assert_eq!(render("Bearer ${secret:k}"), "Bearer V");
@@ -1688,7 +1709,7 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
 
     #[test]
     fn secret_values_do_not_leak_through_debug() {
-        let value = SecretValue("hunter2".into());
+        let value = SecretValue::new("hunter2".into());
         assert_eq!(format!("{value:?}"), "<redacted>");
         let secrets = Secrets(BTreeMap::from([("pw".to_owned(), value)]));
         assert_eq!(format!("{secrets:?}"), "Secrets({\"pw\": <redacted>})");

@@ -20,7 +20,7 @@ use crate::netlink::Netlink;
 use crate::nft::{self, RulesetParams};
 use crate::pool::AddressPool;
 use crate::upstream::{self, Upstreams};
-use crate::{control, dns, tls, tproxy};
+use crate::{control, dns, systemd, tls, tproxy};
 
 /// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
 pub const MARK: u32 = 0x5ba;
@@ -211,10 +211,17 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     }
     tasks.spawn(tproxy::refresh_host_addresses(daemon.clone()));
     tasks.spawn(daemon.clone().reap_forever());
+    if let Some(interval) = systemd::watchdog_interval() {
+        tasks.spawn(systemd::watchdog(interval));
+    }
     tracing::info!(
         socket = %config.daemon.socket.display(), subnet = %config.daemon.subnet, ipv6,
         tcp_port = listeners.tcp_port, dns_port = listeners.dns_port, "ready"
     );
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {}",
+        config.daemon.socket.display()
+    ));
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
@@ -227,10 +234,12 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         }
     }
 
+    let running = daemon.live_pids().len();
     tracing::info!(
-        sandboxes = daemon.live_pids().len(),
-        "stopping: ending sandboxes"
+        sandboxes = running,
+        "stopping: each command gets SIGTERM, then SIGKILL after {GRACE:?}"
     );
+    systemd::notify(&format!("STOPPING=1\nSTATUS=ending {running} sandboxes"));
     let _ = stop.send(true);
     if tokio::time::timeout(GRACE + Duration::from_secs(5), daemon.wait_idle())
         .await
@@ -271,6 +280,12 @@ fn networks(config: &Config) -> Vec<IpNet> {
 }
 
 fn reload(daemon: &Daemon) {
+    systemd::notify("RELOADING=1");
+    reload_config(daemon);
+    systemd::notify("READY=1");
+}
+
+fn reload_config(daemon: &Daemon) {
     let current = daemon.config();
     match load(&current.path) {
         Ok(new) => {

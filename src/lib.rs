@@ -23,6 +23,7 @@ pub mod netlink;
 pub mod nft;
 pub mod pool;
 pub mod protocol;
+pub mod systemd;
 #[cfg(test)]
 mod testutil;
 pub mod tls;
