@@ -11,6 +11,7 @@ use std::fs;
 
 use common::tls_upstream::*;
 use common::*;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// The last line curl writes with `-w`: status code and HTTP version of the client's side.
@@ -1031,5 +1032,57 @@ fn each_sandbox_has_its_own_ca_and_the_host_bundle_is_untouched() {
         fs::read(BUNDLE).unwrap() == before,
         "the host's bundle changed"
     );
+    d.finish();
+}
+
+/// Reload (issue: key rotation): a secret file that changes is picked up by SIGHUP for new sandboxes,
+/// while a response already streaming through the daemon keeps going.
+#[test]
+fn sighup_rotates_a_file_secret_without_cutting_running_connections() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let mut streaming = d
+        .exec(&user)
+        .args(curl([
+            "-N",
+            &format!("https://{API_HOST}/sse?c=across-reload"),
+        ]))
+        .spawn();
+    streaming.wait_for_line("data: first");
+
+    let rotated = format!("rotated-{}", std::process::id());
+    fs::write(&up.basic_secret_file, format!("{rotated}\n")).unwrap();
+    d.signal(Signal::SIGHUP);
+    let want = format!(
+        "Basic {}",
+        base64(format!("{BASIC_USER}:{rotated}").as_bytes())
+    );
+    let mut attempt = 0;
+    let rotated_seen = wait_for(SETTLE, || {
+        attempt += 1;
+        let tag = format!("c=rotation-{attempt}");
+        let o = d
+            .exec(&user)
+            .args(curl([format!("https://{BASIC_HOST}/echo?quiet&{tag}")]))
+            .run();
+        assert_code(&o, 0);
+        let seen = tagged(&up, &tag);
+        (seen.len() == 1 && seen[0].header("authorization") == [want.as_str()]).then_some(())
+    });
+    assert!(
+        rotated_seen.is_some(),
+        "the rotated secret never reached the upstream\n{}",
+        d.logs()
+    );
+
+    up.release_sse();
+    let o = streaming.finish();
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("data: second"), "{}", describe(&o));
     d.finish();
 }
