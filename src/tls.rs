@@ -65,6 +65,7 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         return;
     };
     let started = Instant::now();
+    sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveConnection::enter(&sandbox);
     if let Some(reason) = tproxy::refusal(&daemon, &sandbox, destination, _active.over_limit, false)
     {
@@ -86,7 +87,6 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
     };
     match route(&sandbox, sni.as_deref()) {
         Route::Intercept(integration) => {
-            sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
             let sni = sni.unwrap_or_default();
             crate::http_proxy::serve(
                 daemon,

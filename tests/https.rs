@@ -1086,3 +1086,56 @@ fn sighup_rotates_a_file_secret_without_cutting_running_connections() {
     assert!(stdout(&o).contains("data: second"), "{}", describe(&o));
     d.finish();
 }
+
+/// Invariant 6: clients that stall in the middle of a ClientHello, or send something that is not TLS,
+/// hold only their own connections; another sandbox's requests go on being served.
+#[test]
+fn stalled_and_garbage_tls_clients_do_not_block_others() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let stall = format!(
+        r#"
+import socket, sys, time
+held = []
+for i in range(50):
+    s = socket.create_connection(("{API_HOST}", 443), timeout=10)
+    # a TLS record header announcing 512 bytes of handshake, then nothing
+    s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+    held.append(s)
+g = socket.create_connection(("{API_HOST}", 443), timeout=10)
+g.sendall(b"GET / HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n")
+print("garbage answered with", repr(g.recv(100)), flush=True)
+print("stalling", flush=True)
+time.sleep(60)
+"#
+    );
+    let mut staller = d.exec(&user).args(["python3", "-c", &stall]).spawn();
+    let line = staller.wait_for_line("garbage answered with");
+    // Not TLS, so never terminated: with egress allowed it reaches the real server, whose TLS stack
+    // answers (an alert); the daemon itself never answers it in HTTP.
+    assert!(
+        !line.contains("HTTP/"),
+        "the daemon answered a non-TLS client: {line}"
+    );
+    staller.wait_for_line("stalling");
+
+    let o = d
+        .exec(&user)
+        .args(curl([
+            "-w",
+            STATUS_FMT,
+            &format!("https://{API_HOST}/echo?c=while-stalled"),
+        ]))
+        .run();
+    assert_code(&o, 0);
+    assert_eq!(status_of(&o).0, 200, "{}", describe(&o));
+    assert_eq!(tagged(&up, "c=while-stalled").len(), 1);
+    staller.signal(Signal::SIGTERM);
+    let _ = staller.finish();
+    d.finish();
+}
