@@ -160,11 +160,10 @@ impl SecretValue {
 }
 
 impl Drop for SecretValue {
+    /// Zeroed, but not unlocked: locks are per page, not per range, and the page may hold another
+    /// secret that must stay locked.
     fn drop(&mut self) {
-        let (ptr, capacity) = (self.0.as_ptr(), self.0.capacity());
         zeroize::Zeroize::zeroize(&mut self.0);
-        // SAFETY: the same range mlock was given; the allocation is still alive here.
-        unsafe { libc::munlock(ptr.cast(), capacity) };
     }
 }
 

@@ -55,7 +55,7 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
             "the daemon must run as root (it creates network namespaces, veths and nftables rules)"
         );
     }
-    raise_fd_limit();
+    let nofile_soft = raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sandbox-daemon")
@@ -63,14 +63,19 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     // Core dumps of the daemon would hold every sandbox CA's key and the secrets.
     let _ = nix::sys::prctl::set_dumpable(false);
-    runtime.block_on(serve(loaded))
+    runtime.block_on(serve(loaded, nofile_soft))
 }
 
 /// Each relayed connection holds two descriptors; the default soft limit of 1024 is far too low.
-fn raise_fd_limit() {
+/// Returns the soft limit it started with, which sandboxed commands get back.
+fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            soft
+        }
+        Err(_) => 1024,
     }
 }
 
@@ -138,7 +143,7 @@ fn ipv6_usable(config: &Config) -> bool {
         && std::net::TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).is_ok()
 }
 
-async fn serve(loaded: Loaded) -> anyhow::Result<()> {
+async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let config = Arc::new(loaded.config);
     let netlink = Netlink::connect().context("opening a netlink socket")?;
     let leftovers = netlink
@@ -158,15 +163,14 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
         );
     }
     let listeners = bind_listeners(ipv6)?;
-    nft::install(RulesetParams {
+    let ruleset = RulesetParams {
         mark: MARK,
         tcp_port: listeners.tcp_port,
         tls_port: listeners.tls_port,
         dns_port: listeners.dns_port,
         networks: networks(&config),
-    })
-    .await
-    .context(
+    };
+    nft::install(ruleset.clone()).await.context(
         "installing the nftables table inet sandbox (is nftables installed? `sandbox doctor`)",
     )?;
     netlink
@@ -196,6 +200,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
             dns_addresses,
             networks: networks(&config),
         },
+        nofile_soft,
         stopping,
     ));
     let mut tasks = tokio::task::JoinSet::new();
@@ -211,6 +216,7 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     }
     tasks.spawn(tproxy::refresh_host_addresses(daemon.clone()));
     tasks.spawn(daemon.clone().reap_forever());
+    tasks.spawn(guard_kernel_state(daemon.clone(), ruleset, ipv6));
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.spawn(systemd::watchdog(interval));
     }
@@ -271,6 +277,63 @@ async fn serve(loaded: Loaded) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Without its table and policy routing, a sandbox's packets to the host's own addresses would be
+/// delivered locally: the sandbox would reach the host's services. Something else on the host can remove
+/// them (`nft flush ruleset`, restarting nftables.service, `ip rule flush`), so they are checked often
+/// and put back, with the live sandboxes' elements.
+async fn guard_kernel_state(daemon: Arc<Daemon>, ruleset: RulesetParams, ipv6: bool) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Live sandboxes first: every one of them had its elements before it was registered.
+        let live = daemon.live_elements();
+        match nft::read_back().await {
+            Ok(state) => {
+                let missing = live.iter().any(|e| !state.ifaces.contains(&e.ifname));
+                if !state.exists || missing {
+                    tracing::error!(
+                        table_exists = state.exists,
+                        "the nftables table inet sandbox was removed or emptied by something else; restoring it"
+                    );
+                    restore_table(&ruleset, &live).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "checking the nftables table"),
+        }
+        match daemon
+            .netlink
+            .policy_routing_complete(MARK, ROUTE_TABLE, ipv6)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    "the policy routing for TPROXY was removed by something else; restoring it"
+                );
+                if let Err(error) = daemon
+                    .netlink
+                    .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
+                    .await
+                {
+                    tracing::error!(%error, "restoring policy routing");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "checking policy routing"),
+        }
+    }
+}
+
+async fn restore_table(ruleset: &RulesetParams, live: &[nft::SandboxElements]) {
+    if let Err(error) = nft::install(ruleset.clone()).await {
+        tracing::error!(%error, "restoring the nftables table");
+        return;
+    }
+    for elements in live {
+        if let Err(error) = nft::add_sandbox(elements).await {
+            tracing::error!(%error, ifname = %elements.ifname, "restoring a sandbox's elements");
+        }
+    }
 }
 
 fn networks(config: &Config) -> Vec<IpNet> {

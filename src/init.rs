@@ -74,6 +74,8 @@ pub struct InitSpec {
     /// they are large, and sending them with every exec would cost more than the sandbox.
     pub add_ca: Vec<PathBuf>,
     pub ca_pem: String,
+    /// The soft open-files limit the command starts with: the daemon's own was raised for its relays.
+    pub nofile_soft: u64,
 }
 
 /// Starts the keeper in fresh namespaces. Must be called from a thread that outlives the sandbox (a
@@ -306,6 +308,18 @@ fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitErro
         .thread_set_mask()
         .context(|| "restoring the signal mask".into())?;
     reset_signal_dispositions();
+    // What the daemon set for itself must not pass to the command: its OOM protection (a sandbox should
+    // be killed before the daemon, not after) and its raised open-files limit.
+    std::fs::write("/proc/self/oom_score_adj", b"0")
+        .context(|| "resetting oom_score_adj".into())?;
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .context(|| "reading RLIMIT_NOFILE".into())?;
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        spec.nofile_soft.min(hard),
+        hard,
+    )
+    .context(|| "setting RLIMIT_NOFILE".into())?;
     nix::unistd::setsid().context(|| "setsid".into())?;
     if spec.tty {
         // SAFETY: plain ioctl on our own stdin; 0 means "do not steal it from another session".

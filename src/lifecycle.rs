@@ -150,6 +150,7 @@ pub struct Daemon {
     pub netlink: Netlink,
     pub audit: Audit,
     pub network: SandboxNetwork,
+    nofile_soft: u64,
     stopping: watch::Receiver<bool>,
     tearing_down: AtomicUsize,
     torn_down: Notify,
@@ -167,6 +168,7 @@ impl Daemon {
         netlink: Netlink,
         audit: Audit,
         network: SandboxNetwork,
+        nofile_soft: u64,
         stopping: watch::Receiver<bool>,
     ) -> Daemon {
         let id_salt = std::time::SystemTime::now()
@@ -185,6 +187,7 @@ impl Daemon {
             netlink,
             audit,
             network,
+            nofile_soft,
             stopping,
             tearing_down: AtomicUsize::new(0),
             torn_down: Notify::new(),
@@ -244,6 +247,15 @@ impl Daemon {
             .collect();
         list.sort_by_key(|info| std::cmp::Reverse(info.age_secs));
         list
+    }
+
+    /// The nftables elements the live sandboxes need (to restore them when someone removed the table).
+    pub fn live_elements(&self) -> Vec<SandboxElements> {
+        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
+        sandboxes
+            .values()
+            .map(|sandbox| Wiring::new(sandbox.slot.clone(), self.network.ipv6).elements())
+            .collect()
     }
 
     pub fn live_pids(&self) -> Vec<u32> {
@@ -446,6 +458,7 @@ impl Daemon {
             replace,
             add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
             ca_pem: ca.cert_pem().to_string(),
+            nofile_soft: self.nofile_soft,
         };
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let netns =
@@ -777,8 +790,29 @@ fn hidden_paths(config: &Config) -> Vec<PathBuf> {
             paths.push(path.clone());
         }
     }
-    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
-        paths.push(PathBuf::from(dir));
+    // Where systemd keeps what the unit was given: the credentials (and the files they were loaded
+    // from, typically next to the config), and the unit's configuration and log directories. A caller
+    // with uid 0 but no capabilities could otherwise still read root's 0600 files there.
+    paths.push(PathBuf::from("/run/credentials"));
+    for var in [
+        "CREDENTIALS_DIRECTORY",
+        "CONFIGURATION_DIRECTORY",
+        "LOGS_DIRECTORY",
+    ] {
+        if let Some(dirs) = std::env::var_os(var) {
+            paths.extend(std::env::split_paths(&dirs));
+        }
+    }
+    if let Some(dir) = config.path.parent().filter(|dir| dir.ends_with("sandbox")) {
+        paths.push(dir.to_path_buf());
+    }
+    if let Some(dir) = config
+        .daemon
+        .audit_log
+        .parent()
+        .filter(|dir| dir.ends_with("sandbox"))
+    {
+        paths.push(dir.to_path_buf());
     }
     paths
 }

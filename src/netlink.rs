@@ -325,12 +325,30 @@ impl Netlink {
         mark: u32,
         table: u32,
     ) -> Result<bool, NetlinkError> {
-        Ok(self.policy_routing_count(mark, table).await? > 0)
+        let counts = self.policy_routing_counts(mark, table).await?;
+        Ok(counts.iter().any(|&(rules, routes)| rules + routes > 0))
     }
 
-    async fn policy_routing_count(&self, mark: u32, table: u32) -> Result<usize, NetlinkError> {
-        let mut count = 0;
-        for family in [Family::V4, Family::V6] {
+    /// True when the rule and the route are there for IPv4, and for IPv6 when `ipv6`.
+    pub async fn policy_routing_complete(
+        &self,
+        mark: u32,
+        table: u32,
+        ipv6: bool,
+    ) -> Result<bool, NetlinkError> {
+        let counts = self.policy_routing_counts(mark, table).await?;
+        let family_complete = |(rules, routes): (usize, usize)| rules > 0 && routes > 0;
+        Ok(family_complete(counts[0]) && (!ipv6 || family_complete(counts[1])))
+    }
+
+    /// (rules, routes) of ours, for IPv4 and IPv6.
+    async fn policy_routing_counts(
+        &self,
+        mark: u32,
+        table: u32,
+    ) -> Result<[(usize, usize); 2], NetlinkError> {
+        let mut counts = [(0, 0); 2];
+        for (count, family) in counts.iter_mut().zip([Family::V4, Family::V6]) {
             let rules: Vec<RuleMessage> = match self
                 .handle
                 .rule()
@@ -342,7 +360,7 @@ impl Netlink {
                 Err(err) if errno(&err) == Some(Errno::EAFNOSUPPORT) => continue,
                 rules => rules.map_err(failed(format!("dump {} rules", family.name())))?,
             };
-            count += rules
+            count.0 = rules
                 .iter()
                 .filter(|r| is_policy_rule(r, mark, table))
                 .count();
@@ -356,7 +374,7 @@ impl Netlink {
                 .try_collect()
                 .await
                 .map_err(failed(format!("dump {} routes", family.name())))?;
-            count += routes
+            count.1 = routes
                 .iter()
                 .filter(|r| {
                     route_table(r) == table
@@ -365,7 +383,7 @@ impl Netlink {
                 })
                 .count();
         }
-        Ok(count)
+        Ok(counts)
     }
 
     /// Creates the veth pair of one sandbox, its peer `eth0` directly inside `sandbox_netns`, and
@@ -671,7 +689,11 @@ mod tests {
             nl.remove_policy_routing(MARK, TABLE).await.unwrap();
 
             nl.install_policy_routing(MARK, TABLE, true).await.unwrap();
-            assert_eq!(nl.policy_routing_count(MARK, TABLE).await.unwrap(), 4);
+            assert_eq!(
+                nl.policy_routing_counts(MARK, TABLE).await.unwrap(),
+                [(1, 1), (1, 1)]
+            );
+            assert!(nl.policy_routing_complete(MARK, TABLE, true).await.unwrap());
             // Leftovers that differ in priority or protocol, as `ip` or an older daemon makes them.
             let mut rule = nl.handle.rule().add();
             *rule.message_mut() = policy_rule(Family::V4, MARK, TABLE);
@@ -688,12 +710,26 @@ mod tests {
                 .execute()
                 .await
                 .unwrap();
-            assert_eq!(nl.policy_routing_count(MARK, TABLE).await.unwrap(), 5);
+            assert_eq!(
+                nl.policy_routing_counts(MARK, TABLE).await.unwrap(),
+                [(2, 1), (1, 1)]
+            );
 
             nl.install_policy_routing(MARK, TABLE, true).await.unwrap();
-            assert_eq!(nl.policy_routing_count(MARK, TABLE).await.unwrap(), 4);
+            assert_eq!(
+                nl.policy_routing_counts(MARK, TABLE).await.unwrap(),
+                [(1, 1), (1, 1)]
+            );
             nl.install_policy_routing(MARK, TABLE, false).await.unwrap();
-            assert_eq!(nl.policy_routing_count(MARK, TABLE).await.unwrap(), 2);
+            assert_eq!(
+                nl.policy_routing_counts(MARK, TABLE).await.unwrap(),
+                [(1, 1), (0, 0)]
+            );
+            assert!(nl
+                .policy_routing_complete(MARK, TABLE, false)
+                .await
+                .unwrap());
+            assert!(!nl.policy_routing_complete(MARK, TABLE, true).await.unwrap());
 
             nl.remove_policy_routing(MARK, TABLE).await.unwrap();
             assert!(!nl.policy_routing_present(MARK, TABLE).await.unwrap());

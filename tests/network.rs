@@ -571,3 +571,79 @@ integrations = ["t"]
     );
     d.finish();
 }
+
+/// Something else on the host removes every nftables rule (`nft flush ruleset`, as restarting
+/// nftables.service does) and the policy routing: without them a sandbox would reach the host's own
+/// services. The daemon puts both back, with the live sandboxes' elements.
+#[test]
+fn a_flushed_ruleset_and_policy_routing_are_restored() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+    let live = d.exec(&user).args(["sleep", "60"]).spawn();
+    let has_elements = || {
+        net.set_elements()
+            .ok()
+            .filter(|sets| sets.iter().take(2).all(|(_, n)| *n > 0))
+    };
+    assert!(
+        wait_for(SETTLE, has_elements).is_some(),
+        "no elements for the live sandbox"
+    );
+
+    for args in [
+        &["nft", "flush", "ruleset"][..],
+        &["ip", "rule", "del", "fwmark", "0x5ba/0x5ba"][..],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &net.h])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}");
+    }
+    assert!(
+        net.sandbox_table().is_none(),
+        "the flush did not remove the table"
+    );
+    assert!(
+        wait_for(SETTLE, has_elements).is_some(),
+        "the table with the live sandbox's elements was not restored\n{}",
+        d.logs()
+    );
+    assert!(
+        wait_for(SETTLE, || (!net.mark_rules().is_empty()).then_some(())).is_some(),
+        "the fwmark rule was not restored\n{}",
+        d.logs()
+    );
+
+    let o = d
+        .exec(&user)
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "3",
+            &format!("http://{}:8080/", net.h4),
+        ])
+        .run();
+    assert_ne!(code(&o), 0, "the host's service answered: {}", describe(&o));
+    let o = d
+        .exec(&user)
+        .args([
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{}/", net.u4),
+        ])
+        .run();
+    assert_code(&o, 0);
+    assert_eq!(net.host_service_connections(), Vec::<SocketAddr>::new());
+    live.signal(nix::sys::signal::Signal::SIGTERM);
+    let _ = live.finish();
+    d.finish();
+}
