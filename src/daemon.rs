@@ -366,9 +366,13 @@ fn reload_config(daemon: &Daemon) {
             daemon.upstreams.set_config(new.upstream_tls);
             daemon.set_config(Arc::new(new.config), Arc::new(new.secrets));
             tracing::info!(config = %current.path.display(), "config reloaded; new sandboxes use it");
+            systemd::notify("STATUS=config reloaded");
         }
         Err(error) => {
             tracing::error!("config reload failed, keeping the previous config: {error}");
+            systemd::notify(&format!(
+                "STATUS=reload failed, previous config kept: {error}"
+            ));
         }
     }
 }
