@@ -87,6 +87,8 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
     };
     match route(&sandbox, sni.as_deref()) {
         Route::Intercept(integration) => {
+            // Responses are small writes; Nagle's delay against the client's delayed ACK costs milliseconds.
+            let _ = client.set_nodelay(true);
             let sni = sni.unwrap_or_default();
             crate::http_proxy::serve(
                 daemon,
