@@ -214,9 +214,16 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     for socket in listeners.dns {
         tasks.spawn(dns::serve(socket, daemon.clone()));
     }
-    tasks.spawn(tproxy::refresh_host_addresses(daemon.clone()));
+    tasks.spawn(tproxy::refresh_host_addresses(
+        Netlink::connect().context("opening a netlink socket")?,
+    ));
     tasks.spawn(daemon.clone().reap_forever());
-    tasks.spawn(guard_kernel_state(daemon.clone(), ruleset, ipv6));
+    tasks.spawn(guard_kernel_state(
+        daemon.clone(),
+        Netlink::connect().context("opening a netlink socket")?,
+        ruleset,
+        ipv6,
+    ));
     if let Some(interval) = systemd::watchdog_interval() {
         tasks.spawn(systemd::watchdog(interval));
     }
@@ -272,6 +279,8 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         failed = true;
     }
     let _ = std::fs::remove_file(&config.daemon.socket);
+    // The audit writer batches: give it time to write the records of the sandboxes that just ended.
+    tokio::time::sleep(crate::audit::BATCH_DELAY * 3).await;
     if failed {
         anyhow::bail!("some kernel objects could not be removed; see the errors above");
     }
@@ -283,7 +292,12 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
 /// delivered locally: the sandbox would reach the host's services. Something else on the host can remove
 /// them (`nft flush ruleset`, restarting nftables.service, `ip rule flush`), so they are checked often
 /// and put back, with the live sandboxes' elements.
-async fn guard_kernel_state(daemon: Arc<Daemon>, ruleset: RulesetParams, ipv6: bool) {
+async fn guard_kernel_state(
+    daemon: Arc<Daemon>,
+    netlink: Netlink,
+    ruleset: RulesetParams,
+    ipv6: bool,
+) {
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Live sandboxes first: every one of them had its elements before it was registered.
@@ -301,8 +315,7 @@ async fn guard_kernel_state(daemon: Arc<Daemon>, ruleset: RulesetParams, ipv6: b
             }
             Err(error) => tracing::warn!(%error, "checking the nftables table"),
         }
-        match daemon
-            .netlink
+        match netlink
             .policy_routing_complete(MARK, ROUTE_TABLE, ipv6)
             .await
         {
@@ -311,8 +324,7 @@ async fn guard_kernel_state(daemon: Arc<Daemon>, ruleset: RulesetParams, ipv6: b
                 tracing::error!(
                     "the policy routing for TPROXY was removed by something else; restoring it"
                 );
-                if let Err(error) = daemon
-                    .netlink
+                if let Err(error) = netlink
                     .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
                     .await
                 {

@@ -632,10 +632,8 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(20)).await;
             match self.netlink.link_names().await {
                 Ok(present) => links.retain(|name| present.contains(name)),
-                Err(error) => {
-                    tracing::warn!(%error, "listing links");
-                    break;
-                }
+                // A transient failure (EBUSY) only delays the check.
+                Err(error) => tracing::debug!(%error, "listing links"),
             }
         }
         for name in links {

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::{Kind, Record, Verdict};
 use crate::lifecycle::{Daemon, Sandbox};
+use crate::netlink::Netlink;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open relayed connections one sandbox may hold, so it cannot exhaust the daemon's descriptors.
@@ -323,9 +324,10 @@ pub fn host_addresses() -> HashSet<IpAddr> {
 }
 
 /// Keeps the host address cache current: addresses come and go (DHCP, new interfaces).
-pub async fn refresh_host_addresses(daemon: Arc<Daemon>) {
+/// Uses a netlink socket of its own: the kernel refuses a second dump on a socket while one runs.
+pub async fn refresh_host_addresses(netlink: Netlink) {
     loop {
-        match daemon.netlink.local_addresses().await {
+        match netlink.local_addresses().await {
             Ok(addresses) => {
                 *host_address_cache()
                     .write()
