@@ -66,8 +66,8 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
     };
     let started = Instant::now();
     sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveConnection::enter(&sandbox);
-    if let Some(reason) = tproxy::refusal(&daemon, &sandbox, destination, _active.over_limit, false)
+    let active = ActiveConnection::enter(&sandbox);
+    if let Some(reason) = tproxy::refusal(&daemon, &sandbox, destination, active.over_limit, false)
     {
         let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
         record.finish(Verdict::Denied, Some(reason), started);

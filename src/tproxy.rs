@@ -149,11 +149,12 @@ pub fn refusal(
             "more than {MAX_CONNECTIONS_PER_SANDBOX} open connections"
         ));
     }
-    if let Some(reason) = blocked_reason(
+    let blocked = blocked_reason(
         destination.ip(),
         &daemon.network.networks,
         &host_addresses(),
-    ) {
+    );
+    if let Some(reason) = blocked {
         return Some(format!("{destination} is {reason}"));
     }
     (check_egress && !sandbox.egress_allowed()).then(|| {
@@ -315,12 +316,12 @@ fn host_address_cache() -> &'static RwLock<HashSet<IpAddr>> {
     CACHE.get_or_init(RwLock::default)
 }
 
-/// The host's own addresses, as last read from the kernel.
-pub fn host_addresses() -> HashSet<IpAddr> {
+/// The host's own addresses, as last read from the kernel. A read guard, not a copy: this is asked for
+/// every connection.
+pub fn host_addresses() -> std::sync::RwLockReadGuard<'static, HashSet<IpAddr>> {
     host_address_cache()
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .clone()
 }
 
 /// Keeps the host address cache current: addresses come and go (DHCP, new interfaces).
