@@ -20,6 +20,7 @@ use crate::netlink::Netlink;
 use crate::nft::{self, RulesetParams};
 use crate::pool::AddressPool;
 use crate::upstream::{self, Upstreams};
+use crate::workers::Workers;
 use crate::{control, dns, systemd, tls, tproxy};
 
 /// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
@@ -203,13 +204,14 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         nofile_soft,
         stopping,
     ));
+    let workers = Arc::new(Workers::start().context("starting the connection workers")?);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::serve(control, daemon.clone()));
     for listener in listeners.tcp {
-        tasks.spawn(tproxy::serve(listener, daemon.clone()));
+        tasks.spawn(tproxy::serve(listener, daemon.clone(), workers.clone()));
     }
     for listener in listeners.tls {
-        tasks.spawn(tls::serve(listener, daemon.clone()));
+        tasks.spawn(tls::serve(listener, daemon.clone(), workers.clone()));
     }
     for socket in listeners.dns {
         tasks.spawn(dns::serve(socket, daemon.clone()));

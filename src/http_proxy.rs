@@ -25,6 +25,7 @@ use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{Integration, Secrets};
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::upstream::{Protocols, ProxyBody};
+use crate::workers::InFlight;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
@@ -70,7 +71,10 @@ pub async fn serve(
     });
     let service = service_fn(move |request| {
         let intercept = intercept.clone();
-        async move { Ok::<_, Infallible>(intercept.proxy(request).await) }
+        // Boxed once here: hyper moves the future it gets (into each HTTP/2 stream's task), and this one is
+        // kilobytes.
+        let proxied = Box::pin(async move { intercept.proxy(request).await });
+        async move { Ok::<_, Infallible>(proxied.await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -94,6 +98,7 @@ pub async fn serve(
 
 impl Intercept {
     async fn proxy(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+        let in_flight = InFlight::start();
         let started = Instant::now();
         let mut record = Record::new(&self.sandbox, Kind::Https, self.destination);
         record.sni = Some(self.sni.clone());
@@ -111,6 +116,7 @@ impl Intercept {
             return text(status, &message);
         }
 
+        let client_version = request.version();
         let upgrade_requested =
             is_upgrade(request.headers()) && request.version() < Version::HTTP_2;
         let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut request));
@@ -154,7 +160,9 @@ impl Intercept {
         let body = Metered::new(body, sent.clone(), None).boxed();
         let upstream_request = Request::from_parts(parts, body);
 
-        let protocols = if upgrade_requested {
+        // HTTP/1.1 clients get an HTTP/1.1 upstream: their requests come one at a time per connection,
+        // which HTTP/2's framing only makes dearer. Upgrades exist only in HTTP/1.1.
+        let protocols = if upgrade_requested || client_version < Version::HTTP_2 {
             Protocols::Http1Only
         } else {
             Protocols::Any
@@ -197,6 +205,7 @@ impl Intercept {
         let finished = {
             let received = received.clone();
             move |error: Option<String>| {
+                drop(in_flight);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 sandbox

@@ -2,10 +2,13 @@
 //! secrets can be added to their HTTPS requests without ever entering the sandbox.
 //!
 //! The path of a command and its packets, module by module:
-//! `client` (sandbox exec) → `protocol` → `control` (daemon socket) → `lifecycle` (one sandbox) →
-//! `init` (the processes inside) + `netlink` (veth, addresses, routes) + `nft` (the `inet sandbox` table);
-//! then every packet the sandbox sends: `tproxy` (TCP relay) or `dns` (DNS relay), each writing `audit`.
-//! `config` and `pool` feed the daemon; `daemon` starts and stops it all; `doctor` checks the host.
+//! `client` (sandbox exec) → `protocol` → `control` (daemon socket) → `lifecycle` (one sandbox, with its
+//! `ca` and `trust` bundle) → `init` (the processes inside) + `netlink` (veth, addresses, routes) + `nft`
+//! (the `inet sandbox` table); then every connection the sandbox opens is accepted by `tproxy` and handed
+//! to one of the `workers`: port 443 goes to `tls` (ClientHello peeked by `clienthello`), which either
+//! splices it through or terminates it in `http_proxy`, whose requests go out through `upstream`; other TCP
+//! is relayed by `tproxy`, DNS by `dns`; each writes `audit`. `config` and `pool` feed the daemon; `daemon`
+//! starts and stops it all (`systemd` tells the service manager); `doctor` checks the host.
 
 pub mod audit;
 pub mod ca;
@@ -30,3 +33,4 @@ pub mod tls;
 pub mod tproxy;
 pub mod trust;
 pub mod upstream;
+pub mod workers;

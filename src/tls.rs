@@ -15,11 +15,12 @@ use crate::clienthello;
 use crate::config::Integration;
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::tproxy::{self, ActiveConnection};
+use crate::workers::Workers;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    tproxy::accept_loop(listener, daemon, handle).await
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, workers: Arc<Workers>) {
+    tproxy::accept_loop(listener, daemon, workers, handle).await
 }
 
 enum Route {

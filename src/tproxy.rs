@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::audit::{Kind, Record, Verdict};
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::netlink::Netlink;
+use crate::workers::Workers;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open relayed connections one sandbox may hold, so it cannot exhaust the daemon's descriptors.
@@ -74,21 +75,34 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     )?))
 }
 
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>) {
-    accept_loop(listener, daemon, relay).await
+pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, workers: Arc<Workers>) {
+    accept_loop(listener, daemon, workers, relay).await
 }
 
-/// Accepts forever, one task per connection. An accept error (EMFILE...) is logged and retried after a
-/// pause instead of spinning.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, daemon: Arc<Daemon>, handle: F)
-where
-    F: Fn(Arc<Daemon>, TcpStream, SocketAddr) -> Fut,
+/// Accepts forever and hands each connection to a worker, where it stays until it closes. An accept error
+/// (EMFILE...) is logged and retried after a pause instead of spinning.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    daemon: Arc<Daemon>,
+    workers: Arc<Workers>,
+    handle: F,
+) where
+    F: Fn(Arc<Daemon>, TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(handle(daemon.clone(), client, peer));
+                let Ok(client) = client.into_std() else {
+                    continue;
+                };
+                let daemon = daemon.clone();
+                workers.spawn(move || async move {
+                    match TcpStream::from_std(client) {
+                        Ok(client) => handle(daemon, client, peer).await,
+                        Err(error) => tracing::warn!(%error, "registering a connection"),
+                    }
+                });
             }
             Err(error) => {
                 tracing::warn!(%error, listener = ?listener.local_addr().ok(), "accept failed");

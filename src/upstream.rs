@@ -163,10 +163,15 @@ pub enum Protocols {
     Http1Only,
 }
 
+/// A pool's identity: its destination and verified name, what its connections may speak, and the worker
+/// whose thread runs them (a connection used from another thread would cost a cross-thread wakeup per
+/// request).
+type PoolKey = (SocketAddr, String, Protocols, Option<usize>);
+
 /// The pools of all upstreams, shared by every sandbox (keyed by destination and verified name only).
 pub struct Upstreams {
     tls: Mutex<Arc<rustls::ClientConfig>>,
-    pools: Mutex<HashMap<(SocketAddr, String, Protocols), Pool>>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
 }
 
 impl Upstreams {
@@ -185,7 +190,12 @@ impl Upstreams {
 
     pub fn pool(&self, destination: SocketAddr, name: &str, protocols: Protocols) -> Option<Pool> {
         let server_name = ServerName::try_from(name.to_string()).ok()?;
-        let key = (destination, name.to_string(), protocols);
+        let key = (
+            destination,
+            name.to_string(),
+            protocols,
+            crate::workers::current(),
+        );
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pool) = pools.get(&key) {
             return Some(pool.clone());

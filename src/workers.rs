@@ -1,0 +1,184 @@
+//! The connection workers: single-threaded runtimes, one per two cores. Each connection a sandbox opens is handed
+//! to one worker when it is accepted and lives there until it closes, together with the upstream
+//! connections its requests use (`upstream` keeps one pool per worker). A request therefore never wakes
+//! another thread: on a multi-threaded runtime the handoffs between the client's task, the upstream
+//! connection's task and idle workers cost more CPU than the proxying itself.
+//!
+//! A worker with at most one request in flight is latency-bound: each step of the request waits for a
+//! peer, and sleeping in the kernel between steps (then being woken on an idle core) costs more than the
+//! step itself. Such a worker keeps polling its sockets for `SPIN` after its last request event instead of
+//! sleeping. A busier worker never spins: it sleeps and handles events in batches, and the core it would
+//! burn is worth more to its peers. At most one worker spins at a time, and none on a single core.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How long a lightly loaded worker polls after its last request event before it sleeps: longer than
+/// one step of a kept-alive request (the upstream answering, the client sending the next one) takes.
+const SPIN: Duration = Duration::from_micros(100);
+
+/// Whether some worker is spinning now.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
+/// What a worker's thread knows about itself.
+struct Local {
+    index: usize,
+    may_spin: bool,
+    in_flight: Cell<usize>,
+    last_event: Cell<Instant>,
+    spinning: Cell<bool>,
+    wake_spinner: Arc<Notify>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// Which worker the calling thread is, if it is one.
+pub fn current() -> Option<usize> {
+    LOCAL.with(|local| local.borrow().as_ref().map(|local| local.index))
+}
+
+/// A request being proxied on this worker, from its head until its response ends (or is dropped).
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        LOCAL.with(|local| {
+            if let Some(local) = &*local.borrow() {
+                local.in_flight.set(local.in_flight.get() + 1);
+                local.event();
+            }
+        });
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        LOCAL.with(|local| {
+            if let Some(local) = &*local.borrow() {
+                local.in_flight.set(local.in_flight.get().saturating_sub(1));
+                local.event();
+            }
+        });
+    }
+}
+
+impl Local {
+    fn event(&self) {
+        self.last_event.set(Instant::now());
+        if self.may_spin
+            && !self.spinning.get()
+            && self.in_flight.get() <= 1
+            && SPINNING
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.spinning.set(true);
+            self.wake_spinner.notify_one();
+        }
+    }
+
+    fn keep_spinning(&self) -> bool {
+        self.in_flight.get() <= 1 && self.last_event.get().elapsed() < SPIN
+    }
+
+    fn stop_spinning(&self) {
+        self.spinning.set(false);
+        SPINNING.store(false, Ordering::Release);
+    }
+}
+
+/// Yielding makes the runtime poll its sockets without blocking (epoll with a zero timeout) before it
+/// runs this task again; so while this loops, the worker never sleeps.
+async fn spinner(wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let spin =
+                LOCAL.with(|local| local.borrow().as_ref().is_some_and(Local::keep_spinning));
+            if !spin {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        LOCAL.with(|local| {
+            if let Some(local) = &*local.borrow() {
+                local.stop_spinning();
+            }
+        });
+    }
+}
+
+pub struct Workers {
+    queues: Vec<mpsc::UnboundedSender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// One worker per two cores: about half the CPU of a proxied request is spent by the sandboxed
+    /// program that makes it, on this same machine, and a daemon with a busy thread on every core would
+    /// starve the programs whose requests it waits for.
+    pub fn start() -> io::Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let count = cores.div_ceil(2);
+        let mut queues = Vec::with_capacity(count);
+        for index in 0..count {
+            let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("sandbox-conn-{index}"))
+                .spawn(move || {
+                    let wake_spinner = Arc::new(Notify::new());
+                    LOCAL.with(|local| {
+                        *local.borrow_mut() = Some(Local {
+                            index,
+                            may_spin: cores > 1,
+                            in_flight: Cell::new(0),
+                            last_event: Cell::new(Instant::now()),
+                            spinning: Cell::new(false),
+                            wake_spinner: wake_spinner.clone(),
+                        })
+                    });
+                    runtime.block_on(async move {
+                        tokio::spawn(spinner(wake_spinner));
+                        while let Some(job) = jobs.recv().await {
+                            job();
+                        }
+                    });
+                })?;
+            queues.push(queue);
+        }
+        Ok(Workers {
+            queues,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `make()` on the next worker (round robin) and spawns the future it returns there. `make` runs
+    /// on the worker's thread, so sockets it registers belong to that worker's reactor.
+    pub fn spawn<F, Fut>(&self, make: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let job: Job = Box::new(move || {
+            tokio::spawn(make());
+        });
+        if self.queues[index].send(job).is_err() {
+            tracing::error!(worker = index, "a connection worker has stopped");
+        }
+    }
+}
