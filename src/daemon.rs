@@ -26,6 +26,10 @@ use crate::{control, dns, systemd, tls, tproxy};
 /// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
 pub const MARK: u32 = 0x5ba;
 pub const ROUTE_TABLE: u32 = 0x5ba;
+/// Set (SO_MARK) on every connection the daemon accepts from a sandbox, so that nftables can hand the rest
+/// of its packets straight to its socket. No bit in common with `MARK`: what the daemon sends back on
+/// such a connection must not match the policy-routing rule.
+pub const SOCKET_MARK: u32 = 0x5ba00;
 /// Host-side veth names: `sbx<slot>`. Anything with this prefix at start-up is a leftover.
 pub const LINK_PREFIX: &str = "sbx";
 
@@ -166,6 +170,7 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let listeners = bind_listeners(ipv6)?;
     let ruleset = RulesetParams {
         mark: MARK,
+        socket_mark: SOCKET_MARK,
         tcp_port: listeners.tcp_port,
         tls_port: listeners.tls_port,
         dns_port: listeners.dns_port,

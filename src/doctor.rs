@@ -10,7 +10,7 @@ use std::path::Path;
 
 use nix::sched::{unshare, CloneFlags};
 
-use crate::daemon::{MARK, ROUTE_TABLE};
+use crate::daemon::{MARK, ROUTE_TABLE, SOCKET_MARK};
 use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::nft::{self, RulesetParams};
 
@@ -153,6 +153,7 @@ async fn kernel_checks() -> Vec<Check> {
         name: "nftables with tproxy",
         result: nft::install(RulesetParams {
             mark: MARK,
+            socket_mark: SOCKET_MARK,
             tcp_port: 1,
             tls_port: 1,
             dns_port: 1,

@@ -5,13 +5,14 @@
 //! Sandboxes are set elements, never rules: adding one is a single `nft` run whose cost does not
 //! grow with the number of sandboxes.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use nftables::batch::Batch;
 use nftables::expr::{
     Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix, SetItem,
+    Prefix, SetItem, Socket, SocketAttr,
 };
 use nftables::helper::{self, NftablesError, DEFAULT_NFT};
 use nftables::schema::{Chain, Element, NfListObject, NfObject, Nftables, Rule, Set, SetType};
@@ -32,6 +33,8 @@ const LIST_TABLE: [&str; 4] = ["list", "table", "inet", TABLE];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulesetParams {
     pub mark: u32,
+    /// The mark (SO_MARK) the daemon sets on every connection it accepted from a sandbox.
+    pub socket_mark: u32,
     pub tcp_port: u16,
     pub tls_port: u16,
     pub dns_port: u16,
@@ -220,6 +223,7 @@ fn blocked_destinations(family: &Family, networks: &[IpNet]) -> Vec<IpNet> {
 pub fn ruleset(params: RulesetParams) -> Nftables<'static> {
     let RulesetParams {
         mark,
+        socket_mark,
         tcp_port,
         tls_port,
         dns_port,
@@ -282,6 +286,23 @@ pub fn ruleset(params: RulesetParams) -> Nftables<'static> {
             Statement::Drop(None),
         ]);
     }
+    // The rest of a connection the daemon accepted goes straight to its socket: its first packet took the
+    // whole path below, and only sockets the daemon accepted carry this mark.
+    rules.push(vec![
+        is(meta(MetaKey::L4proto), "tcp"),
+        cmp(
+            Expression::Named(NamedExpression::Socket(Socket {
+                key: Cow::Owned(SocketAttr::Mark),
+            })),
+            Operator::EQ,
+            Expression::Number(socket_mark),
+        ),
+        Statement::Mangle(Mangle {
+            key: meta(MetaKey::Mark),
+            value: Expression::Number(mark),
+        }),
+        Statement::Accept(None),
+    ]);
     // DNS first: the relay's address lies in the sandbox network, which is refused below.
     for family in [&V4, &V6] {
         let mut r = vec![
@@ -529,6 +550,7 @@ mod tests {
     fn params() -> RulesetParams {
         RulesetParams {
             mark: 0x5ba,
+            socket_mark: 0x5ba00,
             tcp_port: 15001,
             tls_port: 15002,
             dns_port: 15053,
@@ -616,7 +638,7 @@ mod tests {
                     "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}}),
             ]
         );
-        assert_eq!(cmds.len(), 7 + 15);
+        assert_eq!(cmds.len(), 7 + 16);
     }
 
     fn rules() -> Vec<Value> {
@@ -647,7 +669,7 @@ mod tests {
     #[test]
     fn key_rules() {
         let rules = rules();
-        assert_eq!(rules.len(), 15);
+        assert_eq!(rules.len(), 16);
         assert_eq!(
             rules[0],
             json!([{"match": {"op": "!=", "left": meta("iifname"), "right": "@ifaces"}}, {"return": null}])
@@ -662,22 +684,31 @@ mod tests {
             ])
         );
         assert_eq!(
+            rules[4],
+            json!([
+                is(meta("l4proto"), json!("tcp")),
+                is(json!({"socket": {"key": "mark"}}), json!(0x5ba00)),
+                {"mangle": {"key": meta("mark"), "value": 0x5ba}},
+                {"accept": null},
+            ])
+        );
+        assert_eq!(
             rules[3][1]["match"]["left"]["concat"][1],
             json!({"payload": {"protocol": "ip6", "field": "saddr"}})
         );
         assert_eq!(
-            rules[6],
+            rules[7],
             json!([is(json!({"payload": {"protocol": "udp", "field": "dport"}}), json!(443)), {"reject": null}])
         );
         assert_eq!(
-            rules[7],
+            rules[8],
             json!([
                 is(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!({"set": ["local", "broadcast", "multicast"]})),
                 {"reject": null},
             ])
         );
         let prefix = |addr: &str, len: u32| json!({"prefix": {"addr": addr, "len": len}});
-        let blocked4 = &rules[8][0]["match"];
+        let blocked4 = &rules[9][0]["match"];
         assert_eq!(
             blocked4["left"],
             json!({"payload": {"protocol": "ip", "field": "daddr"}})
@@ -692,7 +723,7 @@ mod tests {
                 "{net}"
             );
         }
-        let blocked6 = &rules[9][0]["match"];
+        let blocked6 = &rules[10][0]["match"];
         for net in [
             prefix("::1", 128),
             prefix("fe80::", 10),
@@ -716,7 +747,7 @@ mod tests {
         };
         let [tproxy, mark, accept] = to_daemon("ip6", "::1", 15002);
         assert_eq!(
-            rules[11],
+            rules[12],
             json!([
                 is(meta("nfproto"), json!("ipv6")),
                 is(meta("l4proto"), json!("tcp")),
@@ -731,7 +762,7 @@ mod tests {
         );
         let [tproxy, mark, accept] = to_daemon("ip", "127.0.0.1", 15001);
         assert_eq!(
-            rules[12],
+            rules[13],
             json!([
                 is(meta("nfproto"), json!("ipv4")),
                 is(meta("l4proto"), json!("tcp")),
@@ -742,7 +773,7 @@ mod tests {
         );
         let [tproxy, mark, accept] = to_daemon("ip", "127.0.0.1", 15053);
         assert_eq!(
-            rules[4],
+            rules[5],
             json!([
                 is(meta("nfproto"), json!("ipv4")),
                 is(
@@ -754,7 +785,7 @@ mod tests {
                 accept,
             ])
         );
-        assert_eq!(rules[14], json!([{"drop": null}]));
+        assert_eq!(rules[15], json!([{"drop": null}]));
     }
 
     #[test]
@@ -821,7 +852,7 @@ mod tests {
                     src6: vec![("sbx3".into(), a.v6.unwrap())],
                 }
             );
-            assert_eq!(rule_count().await, 15);
+            assert_eq!(rule_count().await, 16);
 
             remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
             remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
@@ -840,7 +871,7 @@ mod tests {
                     ..TableState::default()
                 }
             );
-            assert_eq!(rule_count().await, 15);
+            assert_eq!(rule_count().await, 16);
 
             let mut took: Vec<Duration> = Vec::new();
             for _ in 0..31 {

@@ -19,6 +19,7 @@ use nix::sys::socket::{
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::{Kind, Record, Verdict};
+use crate::daemon::SOCKET_MARK;
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::netlink::Netlink;
 use crate::workers::Workers;
@@ -93,6 +94,9 @@ pub async fn accept_loop<F, Fut>(
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
+                if let Err(error) = socket::setsockopt(&client, sockopt::Mark, &SOCKET_MARK) {
+                    tracing::debug!(%error, "marking an accepted connection");
+                }
                 let Ok(client) = client.into_std() else {
                     continue;
                 };
