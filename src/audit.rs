@@ -129,7 +129,7 @@ impl Audit {
         std::thread::Builder::new()
             .name("audit".into())
             .spawn(move || {
-                let mut out = std::io::BufWriter::new(file);
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
                 while let Some(record) = records.blocking_recv() {
                     // Records that arrive meanwhile join this one: a proxy handing over a record
                     // wakes this thread once per batch instead of once per request.

@@ -121,7 +121,9 @@ impl Intercept {
             is_upgrade(request.headers()) && request.version() < Version::HTTP_2;
         let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+        if client_version < Version::HTTP_2 {
+            strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+        }
         parts.headers.remove(header::HOST);
         if let Err(missing) = inject(&mut parts.headers, &self.integration, &self.sandbox.secrets) {
             let message =
@@ -155,7 +157,6 @@ impl Intercept {
                 )
             }
         };
-        parts.version = Version::HTTP_11;
         let sent = Arc::new(AtomicU64::new(0));
         let body = Metered::new(body, sent.clone(), None).boxed();
         let upstream_request = Request::from_parts(parts, body);
@@ -167,18 +168,12 @@ impl Intercept {
         } else {
             Protocols::Any
         };
-        let Some(pool) = self
-            .daemon
-            .upstreams
-            .pool(self.destination, &self.sni, protocols)
-        else {
-            return text(
-                StatusCode::BAD_GATEWAY,
-                "sandbox: the TLS server name is not a valid DNS name",
-            );
-        };
-        let mut response = match pool.request(upstream_request).await {
-            Ok(response) => response,
+        let sent_request =
+            self.daemon
+                .upstreams
+                .send(self.destination, &self.sni, protocols, upstream_request);
+        let (mut response, mut lease) = match sent_request.await {
+            Ok(sent) => sent,
             Err(error) => {
                 let (message, verdict) =
                     describe_upstream_error(&error, &self.sni, self.destination);
@@ -191,11 +186,13 @@ impl Intercept {
         };
         record.status = Some(response.status().as_u16());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the tunnel.
+            lease = None;
             if let Some(client_upgrade) = client_upgrade {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
             }
-        } else {
+        } else if response.version() < Version::HTTP_2 {
             strip_hop_by_hop(response.headers_mut(), false);
         }
         let sandbox = self.sandbox.clone();
@@ -219,6 +216,9 @@ impl Intercept {
                 let verdict = if error.is_some() {
                     Verdict::Error
                 } else {
+                    if let Some(lease) = lease {
+                        lease.release();
+                    }
                     Verdict::Injected
                 };
                 record.finish(verdict, error, started);
@@ -361,21 +361,30 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Removes connection-specific headers, which must not cross a proxy (and are illegal in HTTP/2).
+/// Removes the connection-specific headers of an HTTP/1 message, which must not cross a proxy. (HTTP/2
+/// forbids them: hyper refuses a message that has them.)
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+    const ALWAYS: [HeaderName; 4] = [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::TE,
+    ];
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
         }
     }
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "te"] {
+    for name in ALWAYS {
         headers.remove(name);
     }
     if !keep_upgrade {
@@ -395,7 +404,7 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 fn describe_upstream_error(
-    error: &hyper_util::client::legacy::Error,
+    error: &(dyn std::error::Error + 'static),
     sni: &str,
     destination: SocketAddr,
 ) -> (String, Verdict) {

@@ -101,7 +101,7 @@ pub async fn accept_loop<F, Fut>(
                     continue;
                 };
                 let daemon = daemon.clone();
-                workers.spawn(move || async move {
+                workers.spawn(peer.ip(), move || async move {
                     match TcpStream::from_std(client) {
                         Ok(client) => handle(daemon, client, peer).await,
                         Err(error) => tracing::warn!(%error, "registering a connection"),

@@ -2,33 +2,40 @@
 //! port, verified for the SNI name against the system roots and `daemon.upstream_ca`, ALPN h2/http1.1, and
 //! pooled. A pool belongs to exactly one (destination, verified name) pair, so a connection verified for one
 //! name never carries a request (and its secret) meant for another.
+//!
+//! Pools belong to the worker thread (`workers`) that made them, as do their connections' tasks: a request
+//! and the upstream connection that carries it never wake another thread. An HTTP/2 upstream connection
+//! carries every request of its pool; HTTP/1.1 connections carry one request at a time and go back to the
+//! pool when the response has been read to its end.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use hyper::body::Bytes;
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Distinct (destination, name) pools kept; the least recently made go first past this.
+/// Distinct (destination, name) pools a worker keeps; past this they are all dropped and made anew.
 const MAX_POOLS: usize = 4096;
+/// Idle HTTP/1.1 connections a pool keeps.
+const MAX_IDLE: usize = 64;
+/// How often a worker closes the upstream connections that have been idle for `IDLE_TIMEOUT`.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -43,6 +50,19 @@ pub enum UpstreamError {
     NoRoots,
     #[error("building the TLS client: {0}")]
     Tls(#[from] rustls::Error),
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the TLS server name is not a valid DNS name")]
+    BadName,
+    #[error("connecting")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting: timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
 }
 
 /// The TLS client settings every upstream connection uses.
@@ -77,84 +97,6 @@ pub fn client_config(upstream_ca: &[PathBuf]) -> Result<Arc<rustls::ClientConfig
     Ok(Arc::new(config))
 }
 
-/// Dials one fixed destination and verifies one fixed name, whatever the request URI says.
-#[derive(Clone)]
-pub struct Connector {
-    destination: SocketAddr,
-    name: ServerName<'static>,
-    tls: TlsConnector,
-}
-
-pub struct Stream(TokioIo<TlsStream<TcpStream>>);
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        let (_, session) = self.0.inner().get_ref();
-        if session.alpn_protocol() == Some(b"h2") {
-            Connected::new().negotiated_h2()
-        } else {
-            Connected::new()
-        }
-    }
-}
-
-impl hyper::rt::Read for Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = Stream;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<Stream>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let connector = self.clone();
-        Box::pin(async move {
-            let connect = async {
-                let tcp = TcpStream::connect(connector.destination).await?;
-                let _ = tcp.set_nodelay(true);
-                connector.tls.connect(connector.name.clone(), tcp).await
-            };
-            let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out")
-                })??;
-            Ok(Stream(TokioIo::new(tls)))
-        })
-    }
-}
-
-pub type Pool = Client<Connector, ProxyBody>;
-
 /// Which protocols an upstream connection may speak. Upgrades (WebSocket) exist only in HTTP/1.1, so a
 /// request asking for one goes over a connection that offered nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -163,63 +105,299 @@ pub enum Protocols {
     Http1Only,
 }
 
-/// A pool's identity: its destination and verified name, what its connections may speak, and the worker
-/// whose thread runs them (a connection used from another thread would cost a cross-thread wakeup per
-/// request).
-type PoolKey = (SocketAddr, String, Protocols, Option<usize>);
-
-/// The pools of all upstreams, shared by every sandbox (keyed by destination and verified name only).
+/// The TLS settings of upstream connections, shared by every worker; the pools themselves are per worker.
 pub struct Upstreams {
     tls: Mutex<Arc<rustls::ClientConfig>>,
-    pools: Mutex<HashMap<PoolKey, Pool>>,
+    /// Bumped when the roots change, so that every worker drops the pools made with the old ones.
+    generation: AtomicU64,
+}
+
+/// An HTTP/1.1 connection lent to one request; `release` it when the response has been read to its end.
+pub struct Lease {
+    key: PoolKey,
+    generation: u64,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+impl Lease {
+    /// Gives the connection back to its pool, unless it cannot carry another request.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if pools.generation != self.generation {
+                return;
+            }
+            if let Some(pool) = pools.pools.get_mut(&self.key) {
+                if pool.idle.len() < MAX_IDLE {
+                    pool.idle.push((self.sender, Instant::now()));
+                }
+            }
+        });
+    }
+}
+
+type PoolKey = (SocketAddr, String, Protocols);
+
+struct Pool {
+    last_used: Instant,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+    http2: Option<(http2::SendRequest<ProxyBody>, Instant)>,
+    idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
+}
+
+#[derive(Default)]
+struct Pools {
+    generation: u64,
+    pools: HashMap<PoolKey, Pool>,
+    sweeping: bool,
+}
+
+thread_local! {
+    static POOLS: RefCell<Pools> = RefCell::default();
+}
+
+enum Checkout {
+    Pooled(Connection),
+    Connect(TlsConnector, ServerName<'static>),
+}
+
+enum Connection {
+    Http2(http2::SendRequest<ProxyBody>),
+    Http1(http1::SendRequest<ProxyBody>),
 }
 
 impl Upstreams {
     pub fn new(config: Arc<rustls::ClientConfig>) -> Self {
         Upstreams {
             tls: Mutex::new(config),
-            pools: Mutex::default(),
+            generation: AtomicU64::new(0),
         }
     }
 
-    /// New roots (config reload): existing pools drain, new connections use the new roots.
+    /// New roots (config reload): requests under way finish, new connections use the new roots.
     pub fn set_config(&self, config: Arc<rustls::ClientConfig>) {
         *self.tls.lock().unwrap_or_else(|e| e.into_inner()) = config;
-        self.pools.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub fn pool(&self, destination: SocketAddr, name: &str, protocols: Protocols) -> Option<Pool> {
-        let server_name = ServerName::try_from(name.to_string()).ok()?;
-        let key = (
-            destination,
-            name.to_string(),
-            protocols,
-            crate::workers::current(),
-        );
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pool) = pools.get(&key) {
-            return Some(pool.clone());
+    /// Sends `request` (absolute URI, no Host header) to `destination`, verified as `name`. Returns the
+    /// response, and for HTTP/1.1 the lease on its connection.
+    pub async fn send(
+        &self,
+        destination: SocketAddr,
+        name: &str,
+        protocols: Protocols,
+        request: Request<ProxyBody>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let key: PoolKey = (destination, name.to_string(), protocols);
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut request = request;
+        // A pooled connection may turn out closed only when the request is handed to it; a request that
+        // was not sent goes once more, on a new connection.
+        let mut reused = true;
+        loop {
+            let connection = match self.checkout(&key, generation, reused)? {
+                Checkout::Pooled(connection) => connection,
+                Checkout::Connect(connector, server_name) => {
+                    reused = false;
+                    let connection = connect(destination, connector, server_name).await?;
+                    self.keep(&key, generation, &connection);
+                    connection
+                }
+            };
+            let unsent = match connection {
+                Connection::Http2(mut sender) => {
+                    *request.version_mut() = Version::HTTP_2;
+                    match sender.try_send_request(request).await {
+                        Ok(response) => return Ok((response, None)),
+                        Err(error) => error,
+                    }
+                }
+                Connection::Http1(mut sender) => {
+                    to_origin_form(&mut request);
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            let lease = Lease {
+                                key,
+                                generation,
+                                sender,
+                            };
+                            return Ok((response, Some(lease)));
+                        }
+                        Err(error) => error,
+                    }
+                }
+            };
+            let mut error = unsent;
+            match error.take_message() {
+                Some(unsent) if reused => {
+                    request = unsent;
+                    reused = false;
+                }
+                _ => return Err(error.into_error().into()),
+            }
         }
-        if pools.len() >= MAX_POOLS {
-            pools.clear();
+    }
+
+    /// A pooled connection ready for a request, or what it takes to make one (`pooled`: whether pooled
+    /// connections may be used at all).
+    fn checkout(
+        &self,
+        key: &PoolKey,
+        generation: u64,
+        pooled: bool,
+    ) -> Result<Checkout, SendError> {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if pools.generation != generation {
+                pools.generation = generation;
+                pools.pools.clear();
+            }
+            if !pools.sweeping {
+                pools.sweeping = true;
+                tokio::spawn(sweep_forever());
+            }
+            if !pools.pools.contains_key(key) {
+                if pools.pools.len() >= MAX_POOLS {
+                    pools.pools.clear();
+                }
+                let name = ServerName::try_from(key.1.clone()).map_err(|_| SendError::BadName)?;
+                let mut config = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if key.2 == Protocols::Http1Only {
+                    let mut http1 = (*config).clone();
+                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    config = Arc::new(http1);
+                }
+                pools.pools.insert(
+                    key.clone(),
+                    Pool {
+                        last_used: Instant::now(),
+                        connector: TlsConnector::from(config),
+                        name,
+                        http2: None,
+                        idle: Vec::new(),
+                    },
+                );
+            }
+            let Some(pool) = pools.pools.get_mut(key) else {
+                return Err(SendError::BadName);
+            };
+            pool.last_used = Instant::now();
+            if pooled {
+                if let Some((sender, used)) = &mut pool.http2 {
+                    if !sender.is_closed() {
+                        *used = Instant::now();
+                        return Ok(Checkout::Pooled(Connection::Http2(sender.clone())));
+                    }
+                    pool.http2 = None;
+                }
+                while let Some((sender, _)) = pool.idle.pop() {
+                    if sender.is_ready() {
+                        return Ok(Checkout::Pooled(Connection::Http1(sender)));
+                    }
+                }
+            }
+            Ok(Checkout::Connect(pool.connector.clone(), pool.name.clone()))
+        })
+    }
+
+    /// Remembers a new HTTP/2 connection for the requests that follow (HTTP/1.1 ones come back by lease).
+    fn keep(&self, key: &PoolKey, generation: u64, connection: &Connection) {
+        if let Connection::Http2(sender) = connection {
+            POOLS.with(|pools| {
+                let mut pools = pools.borrow_mut();
+                if pools.generation == generation {
+                    if let Some(pool) = pools.pools.get_mut(key) {
+                        pool.http2 = Some((sender.clone(), Instant::now()));
+                    }
+                }
+            });
         }
-        let mut config = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if protocols == Protocols::Http1Only {
-            let mut http1 = (*config).clone();
-            http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-            config = Arc::new(http1);
+    }
+}
+
+/// HTTP/1.1 requests name their target in origin form and their host in a Host header.
+fn to_origin_form(request: &mut Request<ProxyBody>) {
+    *request.version_mut() = Version::HTTP_11;
+    if let Some(authority) = request.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
         }
-        let connector = Connector {
-            destination,
-            name: server_name,
-            tls: TlsConnector::from(config),
-        };
-        let pool = Client::builder(TokioExecutor::new())
+    }
+    let origin = request
+        .uri()
+        .path_and_query()
+        .map(|path| Uri::from(path.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    *request.uri_mut() = origin;
+}
+
+/// Dials the destination, verifies it as `name`, and starts the HTTP connection ALPN chose.
+async fn connect(
+    destination: SocketAddr,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+) -> Result<Connection, SendError> {
+    let dial = async {
+        let tcp = TcpStream::connect(destination).await?;
+        let _ = tcp.set_nodelay(true);
+        connector.connect(name, tcp).await
+    };
+    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => return Err(SendError::Connect(error)),
+        Err(_) => return Err(SendError::ConnectTimeout),
+    };
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    if http2 {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .build(connector);
-        pools.insert(key, pool.clone());
-        Some(pool)
+            .handshake(io)
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Connection::Http2(sender))
+    } else {
+        let (sender, connection) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(Connection::Http1(sender))
+    }
+}
+
+/// Closes this worker's upstream connections that have been idle for `IDLE_TIMEOUT` (dropping the last
+/// sender of a connection ends its task once its requests are done).
+async fn sweep_forever() {
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            for pool in pools.pools.values_mut() {
+                pool.idle.retain(|(sender, since)| {
+                    since.elapsed() < IDLE_TIMEOUT && !sender.is_closed()
+                });
+                if pool.http2.as_ref().is_some_and(|(sender, used)| {
+                    used.elapsed() >= IDLE_TIMEOUT || sender.is_closed()
+                }) {
+                    pool.http2 = None;
+                }
+            }
+            pools.pools.retain(|_, pool| {
+                pool.http2.is_some()
+                    || !pool.idle.is_empty()
+                    || pool.last_used.elapsed() < IDLE_TIMEOUT
+            });
+        });
     }
 }

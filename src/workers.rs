@@ -1,8 +1,8 @@
-//! The connection workers: single-threaded runtimes, one per two cores. Each connection a sandbox opens is handed
-//! to one worker when it is accepted and lives there until it closes, together with the upstream
-//! connections its requests use (`upstream` keeps one pool per worker). A request therefore never wakes
-//! another thread: on a multi-threaded runtime the handoffs between the client's task, the upstream
-//! connection's task and idle workers cost more CPU than the proxying itself.
+//! The connection workers: single-threaded runtimes, one per two cores. Each connection a sandbox opens
+//! is handed, when it is accepted, to its sandbox's worker and lives there until it closes, together with
+//! the upstream connections its requests use (`upstream` keeps one pool per worker). A request therefore
+//! never wakes another thread: on a multi-threaded runtime the handoffs between the client's task, the
+//! upstream connection's task and idle workers cost more CPU than the proxying itself.
 //!
 //! A worker with at most one request in flight is latency-bound: each step of the request waits for a
 //! peer, and sleeping in the kernel between steps (then being woken on an idle core) costs more than the
@@ -13,7 +13,8 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,9 +120,19 @@ async fn spinner(wake: Arc<Notify>) {
     }
 }
 
+/// All connections of a sandbox go to one worker, so they share its upstream pools (a name the sandbox
+/// calls often keeps its connections warm), and sandboxes in turn take the workers in turn: a sandbox's
+/// slot is its /30 (IPv4) or its /64 (IPv6).
+fn worker_of(source: IpAddr, workers: usize) -> usize {
+    let slot = match source {
+        IpAddr::V4(v4) => u64::from(u32::from(v4) >> 2),
+        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+    };
+    (slot % workers.max(1) as u64) as usize
+}
+
 pub struct Workers {
     queues: Vec<mpsc::UnboundedSender<Job>>,
-    next: AtomicUsize,
 }
 
 impl Workers {
@@ -160,25 +171,69 @@ impl Workers {
                 })?;
             queues.push(queue);
         }
-        Ok(Workers {
-            queues,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Workers { queues })
     }
 
-    /// Runs `make()` on the next worker (round robin) and spawns the future it returns there. `make` runs
-    /// on the worker's thread, so sockets it registers belong to that worker's reactor.
-    pub fn spawn<F, Fut>(&self, make: F)
+    /// Runs `make()` on the worker of the sandbox at `source` and spawns the future it returns there.
+    /// `make` runs on the worker's thread, so sockets it registers belong to that worker's reactor.
+    pub fn spawn<F, Fut>(&self, source: IpAddr, make: F)
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let index = worker_of(source, self.queues.len());
         let job: Job = Box::new(move || {
             tokio::spawn(make());
         });
         if self.queues[index].send(job).is_err() {
             tracing::error!(worker = index, "a connection worker has stopped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_keeps_its_worker_and_neighbours_take_the_next() {
+        let v4 = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            worker_of(v4("10.233.0.6"), 3),
+            worker_of(v4("10.233.0.5"), 3)
+        );
+        let first = worker_of(v4("10.233.0.6"), 3);
+        assert_eq!(worker_of(v4("10.233.0.10"), 3), (first + 1) % 3);
+        assert_eq!(worker_of(v4("10.233.0.14"), 3), (first + 2) % 3);
+        assert_eq!(
+            worker_of(v4("fd00:5ba:d:1::2"), 2),
+            worker_of(v4("fd00:5ba:d:1::1234"), 2)
+        );
+        assert_ne!(
+            worker_of(v4("fd00:5ba:d:1::2"), 2),
+            worker_of(v4("fd00:5ba:d:2::2"), 2)
+        );
+        assert_eq!(worker_of(v4("10.233.0.6"), 1), 0);
+    }
+
+    #[test]
+    fn a_worker_spins_only_with_at_most_one_request_in_flight() {
+        let local = Local {
+            index: 0,
+            may_spin: true,
+            in_flight: Cell::new(1),
+            last_event: Cell::new(Instant::now()),
+            spinning: Cell::new(false),
+            wake_spinner: Arc::new(Notify::new()),
+        };
+        assert!(local.keep_spinning());
+        local.in_flight.set(2);
+        assert!(
+            !local.keep_spinning(),
+            "two requests in flight: batch instead"
+        );
+        local.in_flight.set(0);
+        local.last_event.set(Instant::now() - SPIN * 2);
+        assert!(!local.keep_spinning(), "idle for longer than SPIN: sleep");
     }
 }

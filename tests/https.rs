@@ -163,6 +163,89 @@ fn curl_http1_and_http2_get_the_headers_injected_replacing_the_clients() {
     d.finish();
 }
 
+/// Upstream connections are pooled per (destination, verified name) and reused by the next client
+/// connection: HTTP/1.1 clients get HTTP/1.1 upstreams, HTTP/2 clients share one HTTP/2 upstream. An
+/// upstream that closes its connection after a response costs the next request a new connection, not an
+/// error.
+#[test]
+fn upstream_connections_are_pooled_and_reused() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let mut script = String::new();
+    for (flag, host, tags) in [
+        (
+            "--http1.1",
+            API_HOST,
+            ["p=a1", "p=a2", "p=a3&close", "p=a4", "p=a5"],
+        ),
+        (
+            "--http2",
+            API_HOST,
+            ["p=b1", "p=b2", "p=b3", "p=b4", "p=b5"],
+        ),
+        (
+            "--http2",
+            H1_HOST,
+            ["p=c1", "p=c2&close", "p=c3", "p=c4", "p=c5"],
+        ),
+    ] {
+        for tag in tags {
+            // One curl per request: each is a new client connection.
+            script.push_str(&format!(
+                "curl -sS --noproxy '*' --max-time 10 {flag} -o /dev/null -w '%{{http_code}}\\n' 'https://{host}/echo?{tag}&quiet' || exit 1\n"
+            ));
+        }
+    }
+    let o = d.exec(&user).args(["sh", "-c", &script]).run();
+    assert_code(&o, 0);
+    assert_eq!(
+        stdout(&o).lines().collect::<Vec<_>>(),
+        vec!["200"; 15],
+        "{}",
+        describe(&o)
+    );
+    let peer = |tag: &str| {
+        let seen = tagged(&up, tag);
+        assert_eq!(seen.len(), 1, "{tag}: {seen:?}");
+        assert_injected(&up, &seen[0]);
+        (seen[0].peer, seen[0].version.clone())
+    };
+    let (a1, version) = peer("p=a1");
+    assert_eq!(version, "HTTP/1.1");
+    assert_eq!(
+        peer("p=a2").0,
+        a1,
+        "the second HTTP/1.1 request reused the connection"
+    );
+    assert_eq!(peer("p=a3").0, a1);
+    let a4 = peer("p=a4").0;
+    assert_ne!(a4, a1, "the upstream closed that connection after p=a3");
+    assert_eq!(peer("p=a5").0, a4);
+    let (b1, version) = peer("p=b1");
+    assert_eq!(version, "HTTP/2.0");
+    assert_ne!(
+        b1, a1,
+        "HTTP/1.1 and HTTP/2 clients do not share a connection"
+    );
+    for tag in ["p=b2", "p=b3", "p=b4", "p=b5"] {
+        assert_eq!(peer(tag).0, b1, "{tag} shared the HTTP/2 connection");
+    }
+    // An upstream without h2 carries HTTP/2 clients' requests over HTTP/1.1, pooled the same way.
+    let (c1, version) = peer("p=c1");
+    assert_eq!(version, "HTTP/1.1");
+    assert_eq!(peer("p=c2").0, c1);
+    let c3 = peer("p=c3").0;
+    assert_ne!(c3, c1);
+    assert_eq!(peer("p=c4").0, c3);
+    assert_eq!(peer("p=c5").0, c3);
+    d.finish();
+}
+
 /// Invariant 1: the secret is not in the sandbox's environment, its PID 1's, the daemon's files or
 /// anything the sandbox can read, even while it makes injected requests (to an upstream that echoes
 /// header names only).

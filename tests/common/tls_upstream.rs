@@ -568,6 +568,14 @@ async fn handle(
         path if path.starts_with("/repo.git/") => file(&state.www, path),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };
+    // `close`: this HTTP/1.1 connection ends after the response, as a server ending idle ones would.
+    let mut response = response;
+    if record.query().split('&').any(|p| p == "close") {
+        response.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     Ok(response)
 }
 
