@@ -107,7 +107,7 @@ pub fn spawn_keeper(stdio: [OwnedFd; 3], control: OwnedFd) -> io::Result<tokio::
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The daemon may have died before the line above took effect.
             if nix::unistd::getppid() != daemon_pid {
-                return Err(io::Error::other("daemon exited"));
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             nix::unistd::setsid()?;
             if control_raw == CONTROL_FD {

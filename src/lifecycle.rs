@@ -377,7 +377,7 @@ impl Daemon {
             .start(caller, request, stdio, &config, &ca, &mut wiring)
             .await
         {
-            Ok((pid, keeper, control)) => {
+            Ok((pid, mut keeper, mut control)) => {
                 let sandbox = Arc::new(Sandbox {
                     id,
                     caller: caller.clone(),
@@ -391,7 +391,17 @@ impl Daemon {
                     slot,
                     stats: Stats::default(),
                 });
+                // Known before its command runs: the command's first connection must find its sandbox.
                 self.register(&sandbox);
+                if control.write_all(b"g").await.is_err() {
+                    // The keeper died before it could start the command; its status says why.
+                    let status = keeper.wait().await;
+                    self.teardown(sandbox, wiring);
+                    let status = status.map_err(SetupError::Spawn)?;
+                    return Err(SetupError::Spawn(io::Error::other(format!(
+                        "the sandbox init failed ({status})"
+                    ))));
+                }
                 Ok((sandbox, keeper, control, wiring))
             }
             Err(error) => {
@@ -475,7 +485,7 @@ impl Daemon {
         wiring.elements = elements.is_ok();
         link.map_err(|e| SetupError::Network(e.to_string()))?;
         elements.map_err(|e| SetupError::Network(e.to_string()))?;
-        if written.is_err() || control.write_all(b"g").await.is_err() {
+        if written.is_err() {
             // The keeper died before it could start the command; its status says why.
             let status = keeper.wait().await.map_err(SetupError::Spawn)?;
             return Err(SetupError::Spawn(io::Error::other(format!(
