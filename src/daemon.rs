@@ -305,6 +305,7 @@ async fn guard_kernel_state(
     ruleset: RulesetParams,
     ipv6: bool,
 ) {
+    let rules = nft::rule_count(ruleset.clone());
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Live sandboxes first: every one of them had its elements before it was registered.
@@ -312,9 +313,10 @@ async fn guard_kernel_state(
         match nft::read_back().await {
             Ok(state) => {
                 let missing = live.iter().any(|e| !state.ifaces.contains(&e.ifname));
-                if !state.exists || missing {
+                if !state.exists || missing || state.rules != rules {
                     tracing::error!(
                         table_exists = state.exists,
+                        rules = state.rules,
                         "the nftables table inet sandbox was removed or emptied by something else; restoring it"
                     );
                     restore_table(&ruleset, &live).await;

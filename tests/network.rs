@@ -574,7 +574,8 @@ integrations = ["t"]
 
 /// Something else on the host removes every nftables rule (`nft flush ruleset`, as restarting
 /// nftables.service does) and the policy routing: without them a sandbox would reach the host's own
-/// services. The daemon puts both back, with the live sandboxes' elements.
+/// services. The daemon puts both back, with the live sandboxes' elements; likewise a chain emptied of
+/// its rules.
 #[test]
 fn a_flushed_ruleset_and_policy_routing_are_restored() {
     if skip_unless_privileged() {
@@ -617,6 +618,45 @@ fn a_flushed_ruleset_and_policy_routing_are_restored() {
     assert!(
         wait_for(SETTLE, || (!net.mark_rules().is_empty()).then_some(())).is_some(),
         "the fwmark rule was not restored\n{}",
+        d.logs()
+    );
+
+    // Emptying the chain but leaving the table and its sets is noticed too.
+    let rules = || {
+        net.sandbox_table().map_or(0, |table| {
+            table["nftables"].as_array().map_or(0, |items| {
+                items.iter().filter(|i| i.get("rule").is_some()).count()
+            })
+        })
+    };
+    let installed = rules();
+    assert!(installed > 0, "no rules in the restored table");
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.h,
+            "nft",
+            "flush",
+            "chain",
+            "inet",
+            "sandbox",
+            "prerouting",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        has_elements().is_some(),
+        "the flush removed the elements too"
+    );
+    assert!(
+        wait_for(SETTLE, || (rules() == installed
+            && has_elements().is_some())
+        .then_some(()))
+        .is_some(),
+        "the emptied chain was not restored ({} rules of {installed})\n{}",
+        rules(),
         d.logs()
     );
 
