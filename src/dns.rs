@@ -7,7 +7,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockType, SockaddrStorage};
@@ -149,19 +149,31 @@ fn send_from(from: SocketAddr, to: SocketAddr, answer: &[u8]) -> io::Result<()> 
     Ok(())
 }
 
+/// How long the host's resolvers, as read from /etc/resolv.conf, are used before it is read again.
+const RESOLV_CONF_TTL: Duration = Duration::from_secs(2);
+
 fn upstreams(daemon: &Daemon) -> Vec<SocketAddr> {
     let configured = daemon.config().daemon.dns.clone();
     if !configured.is_empty() {
         return configured;
     }
-    std::fs::read_to_string("/etc/resolv.conf")
+    static HOST: Mutex<Option<(Instant, Vec<SocketAddr>)>> = Mutex::new(None);
+    let mut host = HOST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((read, resolvers)) = &*host {
+        if read.elapsed() < RESOLV_CONF_TTL {
+            return resolvers.clone();
+        }
+    }
+    let resolvers: Vec<SocketAddr> = std::fs::read_to_string("/etc/resolv.conf")
         .map(|text| {
             nameservers(&text)
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, 53))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    *host = Some((Instant::now(), resolvers.clone()));
+    resolvers
 }
 
 async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> io::Result<Vec<u8>> {
