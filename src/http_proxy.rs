@@ -117,8 +117,7 @@ impl Intercept {
         }
 
         let client_version = request.version();
-        let upgrade_requested =
-            is_upgrade(request.headers()) && request.version() < Version::HTTP_2;
+        let upgrade_requested = is_upgrade(request.headers()) && client_version < Version::HTTP_2;
         let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         if client_version < Version::HTTP_2 {
@@ -370,18 +369,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::TRANSFER_ENCODING,
         header::TE,
     ];
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == header::UPGRADE) {
-                headers.remove(name);
-            }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
         }
     }
     for name in ALWAYS {

@@ -9,6 +9,7 @@
 //! pool when the response has been read to its end.
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,7 +146,7 @@ struct Pool {
     last_used: Instant,
     connector: TlsConnector,
     name: ServerName<'static>,
-    http2: Option<(http2::SendRequest<ProxyBody>, Instant)>,
+    http2: Option<http2::SendRequest<ProxyBody>>,
     idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
 }
 
@@ -261,36 +262,17 @@ impl Upstreams {
                 pools.sweeping = true;
                 tokio::spawn(sweep_forever());
             }
-            if !pools.pools.contains_key(key) {
-                if pools.pools.len() >= MAX_POOLS {
-                    pools.pools.clear();
-                }
-                let name = ServerName::try_from(key.1.clone()).map_err(|_| SendError::BadName)?;
-                let mut config = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if key.2 == Protocols::Http1Only {
-                    let mut http1 = (*config).clone();
-                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
-                    config = Arc::new(http1);
-                }
-                pools.pools.insert(
-                    key.clone(),
-                    Pool {
-                        last_used: Instant::now(),
-                        connector: TlsConnector::from(config),
-                        name,
-                        http2: None,
-                        idle: Vec::new(),
-                    },
-                );
+            if pools.pools.len() >= MAX_POOLS && !pools.pools.contains_key(key) {
+                pools.pools.clear();
             }
-            let Some(pool) = pools.pools.get_mut(key) else {
-                return Err(SendError::BadName);
+            let pool = match pools.pools.entry(key.clone()) {
+                Entry::Occupied(pool) => pool.into_mut(),
+                Entry::Vacant(vacant) => vacant.insert(self.new_pool(key)?),
             };
             pool.last_used = Instant::now();
             if pooled {
-                if let Some((sender, used)) = &mut pool.http2 {
+                if let Some(sender) = &pool.http2 {
                     if !sender.is_closed() {
-                        *used = Instant::now();
                         return Ok(Checkout::Pooled(Connection::Http2(sender.clone())));
                     }
                     pool.http2 = None;
@@ -305,6 +287,23 @@ impl Upstreams {
         })
     }
 
+    fn new_pool(&self, key: &PoolKey) -> Result<Pool, SendError> {
+        let name = ServerName::try_from(key.1.clone()).map_err(|_| SendError::BadName)?;
+        let mut config = self.tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if key.2 == Protocols::Http1Only {
+            let mut http1 = (*config).clone();
+            http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config = Arc::new(http1);
+        }
+        Ok(Pool {
+            last_used: Instant::now(),
+            connector: TlsConnector::from(config),
+            name,
+            http2: None,
+            idle: Vec::new(),
+        })
+    }
+
     /// Remembers a new HTTP/2 connection for the requests that follow (HTTP/1.1 ones come back by lease).
     fn keep(&self, key: &PoolKey, generation: u64, connection: &Connection) {
         if let Connection::Http2(sender) = connection {
@@ -312,7 +311,7 @@ impl Upstreams {
                 let mut pools = pools.borrow_mut();
                 if pools.generation == generation {
                     if let Some(pool) = pools.pools.get_mut(key) {
-                        pool.http2 = Some((sender.clone(), Instant::now()));
+                        pool.http2 = Some(sender.clone());
                     }
                 }
             });
@@ -387,9 +386,8 @@ async fn sweep_forever() {
                 pool.idle.retain(|(sender, since)| {
                     since.elapsed() < IDLE_TIMEOUT && !sender.is_closed()
                 });
-                if pool.http2.as_ref().is_some_and(|(sender, used)| {
-                    used.elapsed() >= IDLE_TIMEOUT || sender.is_closed()
-                }) {
+                let unused = pool.last_used.elapsed() >= IDLE_TIMEOUT;
+                if unused || pool.http2.as_ref().is_some_and(|sender| sender.is_closed()) {
                     pool.http2 = None;
                 }
             }

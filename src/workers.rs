@@ -31,7 +31,6 @@ static SPINNING: AtomicBool = AtomicBool::new(false);
 
 /// What a worker's thread knows about itself.
 struct Local {
-    index: usize,
     may_spin: bool,
     in_flight: Cell<usize>,
     last_event: Cell<Instant>,
@@ -41,11 +40,6 @@ struct Local {
 
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
-}
-
-/// Which worker the calling thread is, if it is one.
-pub fn current() -> Option<usize> {
-    LOCAL.with(|local| local.borrow().as_ref().map(|local| local.index))
 }
 
 /// A request being proxied on this worker, from its head until its response ends (or is dropped).
@@ -154,7 +148,6 @@ impl Workers {
                     let wake_spinner = Arc::new(Notify::new());
                     LOCAL.with(|local| {
                         *local.borrow_mut() = Some(Local {
-                            index,
                             may_spin: cores > 1,
                             in_flight: Cell::new(0),
                             last_event: Cell::new(Instant::now()),
@@ -219,7 +212,6 @@ mod tests {
     #[test]
     fn a_worker_spins_only_with_at_most_one_request_in_flight() {
         let local = Local {
-            index: 0,
             may_spin: true,
             in_flight: Cell::new(1),
             last_event: Cell::new(Instant::now()),
