@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{Integration, Secrets};
 use crate::lifecycle::{Daemon, Sandbox};
-use crate::upstream::{Protocols, ProxyBody};
+use crate::upstream::{BoxError, Protocols, ProxyBody};
 use crate::workers::InFlight;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -475,16 +475,22 @@ impl<B> Metered<B> {
 
 impl<B> Body for Metered<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

@@ -380,6 +380,82 @@ fn python_node_and_git_work_unmodified() {
     d.finish();
 }
 
+/// HTTP/2 trailers cross the proxy both ways (request trailers reach the upstream, response trailers the
+/// client), and HEAD answers keep their Content-Length and carry no body, over HTTP/1.1 and HTTP/2.
+#[test]
+fn trailers_and_head_behave_as_http_says() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+
+    let js = format!(
+        r#"
+const http2 = require('http2');
+const fail = e => {{ console.error(e); process.exit(1); }};
+const client = http2.connect('https://{API_HOST}');
+client.on('error', fail);
+const req = client.request({{ ':method': 'POST', ':path': '/trailers?c=node-trailers' }}, {{ waitForTrailers: true }});
+req.on('error', fail);
+req.on('wantTrailers', () => req.sendTrailers({{ 'x-client-trailer': 'from-the-client' }}));
+let body = '';
+req.setEncoding('utf8');
+req.on('data', chunk => body += chunk);
+req.on('trailers', t => console.log('trailers ' + t['x-upstream-trailer'] + ' ' + t['x-saw-client-trailer']));
+req.on('end', () => {{ console.log('body ' + body.trim()); client.close(); }});
+req.end('payload');
+"#
+    );
+    let o = d.exec(&user).args(["node", "-e", &js]).run();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("body trailers follow"), "{}", describe(&o));
+    assert!(
+        out.contains("trailers done from-the-client"),
+        "the response's trailers, and the request's as the upstream saw them: {}",
+        describe(&o)
+    );
+    let seen = tagged(&up, "c=node-trailers");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_injected(&up, &seen[0]);
+    assert_eq!(seen[0].version, "HTTP/2.0", "{seen:?}");
+    assert_eq!(seen[0].body_len, "payload".len() as u64, "{seen:?}");
+
+    for (protocol, tag) in [("--http1.1", "c=head-h1"), ("--http2", "c=head-h2")] {
+        let o = d
+            .exec(&user)
+            .args([
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                protocol,
+                "-I",
+                &format!("https://{API_HOST}/big?mib=1&{tag}"),
+            ])
+            .run();
+        if code(&o) != 0 {
+            d.finish();
+            panic!();
+        }
+        let head = stdout(&o).to_ascii_lowercase();
+        assert!(head.contains(" 200"), "{protocol}: {}", describe(&o));
+        assert!(
+            head.contains("content-length: 1048576"),
+            "{protocol}: HEAD keeps the length of the body it does not send: {}",
+            describe(&o)
+        );
+        let seen = tagged(&up, tag);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0].method, "HEAD", "{seen:?}");
+        assert_injected(&up, &seen[0]);
+    }
+    d.finish();
+}
+
 /// Test 3: server-sent events stream through: the client has `data: first` before the upstream is
 /// allowed to send `data: second`.
 #[test]

@@ -542,6 +542,7 @@ async fn handle(
         return Ok(websocket(&mut request));
     }
     let mut body = request.into_body();
+    let mut client_trailer = None;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             break;
@@ -550,12 +551,18 @@ async fn handle(
             record.body_len += data.len() as u64;
             record.body_fnv = fnv64(data, record.body_fnv);
         }
+        if let Some(trailers) = frame.trailers_ref() {
+            client_trailer = trailers
+                .get("x-client-trailer")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
     }
     state.log.lock().unwrap().push(record.clone());
     let response = match record.path() {
         "/echo" => echo(&record),
         "/upload" => text(StatusCode::OK, format!("received {}\n", record.body_len)),
         "/sse" => sse(state.sse_release.clone()),
+        "/trailers" => with_trailers(client_trailer.as_deref().unwrap_or("none")),
         "/big" => {
             let mib = record
                 .query()
@@ -570,6 +577,10 @@ async fn handle(
     };
     // `close`: this HTTP/1.1 connection ends after the response, as a server ending idle ones would.
     let mut response = response;
+    // hyper leaves HEAD to the service over HTTP/2 (it would send the body); real servers send none.
+    if record.method == "HEAD" {
+        response = response.map(|_| Empty::new().boxed());
+    }
     if record.query().split('&').any(|p| p == "close") {
         response.headers_mut().insert(
             "connection",
@@ -611,6 +622,27 @@ fn echo(r: &UpstreamRequest) -> Response<ProxyBody> {
     Response::builder()
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(format!("{body}\n"))).boxed())
+        .unwrap()
+}
+
+/// A body followed by trailers, one of which says which `x-client-trailer` the request ended with.
+fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert(
+        "x-upstream-trailer",
+        hyper::header::HeaderValue::from_static("done"),
+    );
+    trailers.insert(
+        "x-saw-client-trailer",
+        hyper::header::HeaderValue::from_str(client_trailer).unwrap(),
+    );
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"trailers follow\n"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header("content-type", "text/plain")
+        .body(StreamBody::new(futures::stream::iter(frames)).boxed())
         .unwrap()
 }
 
