@@ -1,6 +1,7 @@
 //! The DNS relay. nftables TPROXYs every UDP/53 datagram a sandbox sends to a transparent socket here; the
 //! relay forwards the query to `daemon.dns` (or the host's resolvers) and answers from the address the
-//! sandbox asked, so stub resolvers that check the source accept it. Sandboxes whose host resolver they
+//! sandbox asked, so stub resolvers that check the source accept it. DNS over TCP (port 53) reaches the
+//! TCP relay, which hands it to `serve_tcp` here: the same resolvers, asked over TCP. Sandboxes whose host resolver they
 //! cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's own address.
 
 use std::io::{self, IoSliceMut};
@@ -11,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockType, SockaddrStorage};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::audit::{Kind, Record, Verdict};
-use crate::lifecycle::Daemon;
+use crate::lifecycle::{Daemon, Sandbox};
 use crate::tproxy::transparent_socket;
 
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,16 +56,8 @@ pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut record = Record::new(&sandbox, Kind::Dns, asked);
-            record.host = query_name(&query);
-            record.bytes_up = query.len() as u64;
-            let answer = match forward(&query, &upstreams(&daemon)).await {
-                Ok(answer) => answer,
-                Err(error) => {
-                    record.error = Some(error.to_string());
-                    servfail(&query).unwrap_or_default()
-                }
-            };
+            let (answer, mut record) =
+                resolve(&daemon, &sandbox, asked, &query, Transport::Udp).await;
             sandbox.stats.dns_inflight.fetch_sub(1, Ordering::Relaxed);
             if !answer.is_empty() {
                 if let Err(error) = send_from(asked, client, &answer) {
@@ -73,17 +66,106 @@ pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
                         .get_or_insert_with(|| format!("answering: {error}"));
                 }
             }
-            record.bytes_down = answer.len() as u64;
-            let verdict = if record.error.is_some() {
-                Verdict::Error
-            } else {
-                Verdict::Passed
-            };
-            let error = record.error.take();
-            record.finish(verdict, error, started);
-            daemon.audit.log(record).await;
+            finish(&daemon, record, started).await;
         });
     }
+}
+
+/// How long a DNS-over-TCP connection may wait for its next query.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// DNS over TCP from a sandbox (RFC 7766: each message preceded by its length), which stub resolvers
+/// switch to when an answer comes back truncated, or use throughout with `options use-vc`. Queries are
+/// answered in turn, each forwarded over TCP as well: the client wants the whole answer.
+pub async fn serve_tcp(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    mut client: TcpStream,
+    asked: SocketAddr,
+) {
+    let _ = client.set_nodelay(true);
+    loop {
+        let query = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read_message(&mut client)).await {
+            Ok(Ok(query)) => query,
+            _ => return,
+        };
+        let started = Instant::now();
+        let (answer, mut record) = resolve(daemon, sandbox, asked, &query, Transport::Tcp).await;
+        let written = if answer.is_empty() {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed query",
+            ))
+        } else {
+            write_message(&mut client, &answer).await
+        };
+        if let Err(error) = &written {
+            record
+                .error
+                .get_or_insert_with(|| format!("answering: {error}"));
+        }
+        finish(daemon, record, started).await;
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// How a query came, and so how it goes on to the resolvers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// The answer to one query of a sandbox (a SERVFAIL when no resolver answered; empty when the query is
+/// too malformed to answer), and its audit record, to be finished once the answer is sent.
+async fn resolve(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    asked: SocketAddr,
+    query: &[u8],
+    transport: Transport,
+) -> (Vec<u8>, Record) {
+    let mut record = Record::new(sandbox, Kind::Dns, asked);
+    record.host = query_name(query);
+    record.bytes_up = query.len() as u64;
+    let answer = match forward(query, &upstreams(daemon), transport).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            record.error = Some(error.to_string());
+            servfail(query).unwrap_or_default()
+        }
+    };
+    record.bytes_down = answer.len() as u64;
+    (answer, record)
+}
+
+async fn finish(daemon: &Daemon, mut record: Record, started: Instant) {
+    let verdict = if record.error.is_some() {
+        Verdict::Error
+    } else {
+        Verdict::Passed
+    };
+    let error = record.error.take();
+    record.finish(verdict, error, started);
+    daemon.audit.log(record).await;
+}
+
+async fn read_message(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let len = stream.read_u16().await?;
+    let mut message = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "answer over 64 KiB"))?;
+    let mut framed = Vec::with_capacity(2 + message.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
 }
 
 /// One datagram with its sender and the address it was sent to.
@@ -176,28 +258,20 @@ fn upstreams(daemon: &Daemon) -> Vec<SocketAddr> {
     resolvers
 }
 
-async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> io::Result<Vec<u8>> {
+async fn forward(
+    query: &[u8],
+    upstreams: &[SocketAddr],
+    transport: Transport,
+) -> io::Result<Vec<u8>> {
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
         "no upstream resolver (set daemon.dns)",
     );
     for upstream in upstreams.iter().take(3) {
-        let local: SocketAddr = match upstream {
-            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
         let attempt = async {
-            let socket = UdpSocket::bind(local).await?;
-            socket.connect(upstream).await?;
-            socket.send(query).await?;
-            let mut buffer = vec![0u8; 65535];
-            loop {
-                let len = socket.recv(&mut buffer).await?;
-                // Same transaction id, or it is not our answer.
-                if len >= 12 && buffer[..2] == query[..2] {
-                    buffer.truncate(len);
-                    return Ok::<_, io::Error>(buffer);
-                }
+            match transport {
+                Transport::Udp => ask_over_udp(query, *upstream).await,
+                Transport::Tcp => ask_over_tcp(query, *upstream).await,
             }
         };
         match tokio::time::timeout(UPSTREAM_TIMEOUT, attempt).await {
@@ -214,6 +288,43 @@ async fn forward(query: &[u8], upstreams: &[SocketAddr]) -> io::Result<Vec<u8>> 
         }
     }
     Err(last)
+}
+
+async fn ask_over_udp(query: &[u8], upstream: SocketAddr) -> io::Result<Vec<u8>> {
+    let local: SocketAddr = match upstream {
+        SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(upstream).await?;
+    socket.send(query).await?;
+    let mut buffer = vec![0u8; 65535];
+    loop {
+        let len = socket.recv(&mut buffer).await?;
+        if is_answer_to(&buffer[..len], query) {
+            buffer.truncate(len);
+            return Ok(buffer);
+        }
+    }
+}
+
+async fn ask_over_tcp(query: &[u8], upstream: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(upstream).await?;
+    let _ = stream.set_nodelay(true);
+    write_message(&mut stream, query).await?;
+    let answer = read_message(&mut stream).await?;
+    if !is_answer_to(&answer, query) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the answer is for another query",
+        ));
+    }
+    Ok(answer)
+}
+
+/// Same transaction id, or it is not the answer to `query`.
+fn is_answer_to(answer: &[u8], query: &[u8]) -> bool {
+    answer.len() >= 12 && query.len() >= 2 && answer[..2] == query[..2]
 }
 
 /// The question section's end, or None if the query is malformed.

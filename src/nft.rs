@@ -323,6 +323,17 @@ pub fn ruleset(params: RulesetParams) -> Nftables<'static> {
         r.extend(to_daemon(family, dns_port, mark));
         rules.push(r);
     }
+    // DNS over TCP, which stub resolvers use for answers too large for a datagram, goes to the TCP
+    // relay, which answers it itself (`dns::serve_tcp`).
+    for family in [&V4, &V6] {
+        let mut r = vec![
+            is(meta(MetaKey::Nfproto), family.nfproto),
+            is(meta(MetaKey::L4proto), "tcp"),
+            port_is("tcp", 53),
+        ];
+        r.extend(to_daemon(family, tcp_port, mark));
+        rules.push(r);
+    }
     // QUIC: an immediate error makes clients fall back to TCP instead of waiting for a timeout.
     rules.push(vec![port_is("udp", 443), Statement::Reject(None)]);
     // Destinations no sandbox may reach get an immediate "connection refused": the host's own
@@ -657,7 +668,7 @@ mod tests {
                     "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}}),
             ]
         );
-        assert_eq!(cmds.len(), 7 + 16);
+        assert_eq!(cmds.len(), 7 + 18);
     }
 
     fn rules() -> Vec<Value> {
@@ -688,7 +699,7 @@ mod tests {
     #[test]
     fn key_rules() {
         let rules = rules();
-        assert_eq!(rules.len(), 16);
+        assert_eq!(rules.len(), 18);
         assert_eq!(
             rules[0],
             json!([{"match": {"op": "!=", "left": meta("iifname"), "right": "@ifaces"}}, {"return": null}])
@@ -716,18 +727,18 @@ mod tests {
             json!({"payload": {"protocol": "ip6", "field": "saddr"}})
         );
         assert_eq!(
-            rules[7],
+            rules[9],
             json!([is(json!({"payload": {"protocol": "udp", "field": "dport"}}), json!(443)), {"reject": null}])
         );
         assert_eq!(
-            rules[8],
+            rules[10],
             json!([
                 is(json!({"fib": {"result": "type", "flags": ["daddr"]}}), json!({"set": ["local", "broadcast", "multicast"]})),
                 {"reject": null},
             ])
         );
         let prefix = |addr: &str, len: u32| json!({"prefix": {"addr": addr, "len": len}});
-        let blocked4 = &rules[9][0]["match"];
+        let blocked4 = &rules[11][0]["match"];
         assert_eq!(
             blocked4["left"],
             json!({"payload": {"protocol": "ip", "field": "daddr"}})
@@ -742,7 +753,7 @@ mod tests {
                 "{net}"
             );
         }
-        let blocked6 = &rules[10][0]["match"];
+        let blocked6 = &rules[12][0]["match"];
         for net in [
             prefix("::1", 128),
             prefix("fe80::", 10),
@@ -766,7 +777,7 @@ mod tests {
         };
         let [tproxy, mark, accept] = to_daemon("ip6", "::1", 15002);
         assert_eq!(
-            rules[12],
+            rules[14],
             json!([
                 is(meta("nfproto"), json!("ipv6")),
                 is(meta("l4proto"), json!("tcp")),
@@ -781,7 +792,7 @@ mod tests {
         );
         let [tproxy, mark, accept] = to_daemon("ip", "127.0.0.1", 15001);
         assert_eq!(
-            rules[13],
+            rules[15],
             json!([
                 is(meta("nfproto"), json!("ipv4")),
                 is(meta("l4proto"), json!("tcp")),
@@ -804,7 +815,22 @@ mod tests {
                 accept,
             ])
         );
-        assert_eq!(rules[15], json!([{"drop": null}]));
+        let [tproxy, mark, accept] = to_daemon("ip", "127.0.0.1", 15001);
+        assert_eq!(
+            rules[7],
+            json!([
+                is(meta("nfproto"), json!("ipv4")),
+                is(meta("l4proto"), json!("tcp")),
+                is(
+                    json!({"payload": {"protocol": "tcp", "field": "dport"}}),
+                    json!(53)
+                ),
+                tproxy,
+                mark,
+                accept,
+            ])
+        );
+        assert_eq!(rules[17], json!([{"drop": null}]));
     }
 
     #[test]
@@ -863,7 +889,7 @@ mod tests {
                     src6: vec![("sbx3".into(), a.v6.unwrap())],
                 }
             );
-            assert_eq!(rule_count(params()), 16);
+            assert_eq!(rule_count(params()), 18);
 
             remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
             remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
@@ -879,7 +905,7 @@ mod tests {
                 read_back().await.unwrap(),
                 TableState {
                     exists: true,
-                    rules: 16,
+                    rules: 18,
                     ..TableState::default()
                 }
             );

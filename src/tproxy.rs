@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::{Kind, Record, Verdict};
 use crate::daemon::SOCKET_MARK;
+use crate::dns;
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::netlink::Netlink;
 use crate::workers::Workers;
@@ -123,6 +124,12 @@ async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
     let active = ActiveConnection::enter(&sandbox);
+    // nftables sends only TCP to port 53 here with that port: DNS, answered by the relay as over UDP,
+    // whatever the profile's egress.
+    if destination.port() == 53 && !active.over_limit {
+        dns::serve_tcp(&daemon, &sandbox, client, destination).await;
+        return;
+    }
     let record = Record::new(&sandbox, Kind::Tcp, destination);
     if let Some(reason) = refusal(&daemon, &sandbox, destination, active.over_limit, true) {
         deny(&daemon, client, record, reason, started).await;

@@ -333,6 +333,71 @@ fn udp_other_than_dns_is_dropped_and_quic_refused() {
     d.finish();
 }
 
+/// DNS over TCP (what stub resolvers use for answers too large for a datagram, and always with
+/// `options use-vc`) is answered by the relay from the configured resolver, asked over TCP, under either
+/// egress setting, as DNS over UDP is; and audited as DNS.
+#[test]
+fn dns_over_tcp_is_relayed() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+
+    for profile in ["default", "locked"] {
+        let before = net.seen.dns_tcp.lock().unwrap().len();
+        let o = d
+            .exec(&user)
+            .profile(profile)
+            .env("RES_OPTIONS", "use-vc")
+            .args(["getent", "ahostsv4", DNS_NAME])
+            .run();
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains(&net.u4.to_string()),
+            "{profile}: {}",
+            describe(&o)
+        );
+        let tcp = net.seen.dns_tcp.lock().unwrap().clone();
+        assert!(
+            tcp[before..].iter().any(|q| q.starts_with(DNS_NAME)),
+            "{profile}: the test resolver saw no query over TCP: {tcp:?}"
+        );
+    }
+    let o = d
+        .exec(&user)
+        .env("RES_OPTIONS", "use-vc")
+        .args(["getent", "hosts", "no-such-name.test"])
+        .run();
+    assert_code(&o, 2);
+
+    let lines = wait_for(SETTLE, || {
+        let dns: Vec<Value> = d
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "dns" && l["host"] == DNS_NAME)
+            .collect();
+        (dns.len() >= 2).then_some(dns)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "expected DNS audit lines for {DNS_NAME}:\n{}",
+            std::fs::read_to_string(&d.audit_log).unwrap_or_default()
+        )
+    });
+    for l in &lines {
+        assert_eq!(l["verdict"], "passed", "{l}");
+        assert!(
+            l["destination"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(":53")),
+            "{l}"
+        );
+    }
+    d.finish();
+}
+
 #[test]
 fn egress_deny_profile_blocks_tcp() {
     if skip_unless_privileged() {

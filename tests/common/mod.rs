@@ -566,8 +566,10 @@ pub struct HttpRequest {
 pub struct Seen {
     pub http: Mutex<Vec<HttpRequest>>,
     pub udp_echo: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
-    /// "name TYPE" per DNS question.
+    /// "name TYPE" per DNS question over UDP.
     pub dns: Mutex<Vec<String>>,
+    /// "name TYPE" per DNS question over TCP.
+    pub dns_tcp: Mutex<Vec<String>>,
     /// Peers that connected to the host's own service (H :8080).
     pub host_service: Mutex<Vec<SocketAddr>>,
 }
@@ -822,7 +824,7 @@ impl TestNet {
         let any4 = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let any6 = |port| SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
 
-        let (http, echo, udp, dns) = in_netns(&u, move || {
+        let (http, echo, udp, dns, dns_tcp) = in_netns(&u, move || {
             (
                 [tcp_listen(any4(80)), tcp_listen(any6(80))],
                 // U's own two addresses only: other addresses of U may serve HTTPS on 443.
@@ -832,6 +834,7 @@ impl TestNet {
                 ],
                 [udp_bind(any4(9999)), udp_bind(any6(9999))],
                 [udp_bind(any4(53)), udp_bind(any6(53))],
+                [tcp_listen(any4(53)), tcp_listen(any6(53))],
             )
         });
         for l in http {
@@ -856,6 +859,31 @@ impl TestNet {
                     let _ = sock.send_to(&answer, peer);
                 }
             });
+        }
+        for l in dns_tcp {
+            let (seen, names) = (seen.clone(), dns_names.clone());
+            servers.tcp(
+                l,
+                Arc::new(move |mut s: TcpStream| {
+                    // RFC 7766 framing: a two-byte length before each message.
+                    let mut len = [0u8; 2];
+                    while s.read_exact(&mut len).is_ok() {
+                        let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                        if s.read_exact(&mut query).is_err() {
+                            return;
+                        }
+                        let Some((question, answer)) = dns_answer(&query, &names) else {
+                            return;
+                        };
+                        seen.dns_tcp.lock().unwrap().push(question);
+                        let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&answer);
+                        if s.write_all(&framed).is_err() {
+                            return;
+                        }
+                    }
+                }),
+            );
         }
         let host_service = in_netns(&h, move || [tcp_listen(any4(8080)), tcp_listen(any6(8080))]);
         for l in host_service {
