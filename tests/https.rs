@@ -166,8 +166,8 @@ fn curl_http1_and_http2_get_the_headers_injected_replacing_the_clients() {
 /// Upstream connections are pooled per (destination, verified name) and reused by the next client
 /// connection: an upstream that speaks h2 gets one HTTP/2 connection for the requests of HTTP/1.1 and
 /// HTTP/2 clients alike; one that does not gets HTTP/1.1 connections, each lent to one request at a time.
-/// An upstream that closes its connection after a response costs the next request a new connection, not
-/// an error.
+/// An upstream that closes its connection after a response (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY)
+/// costs the next request a new connection, not an error.
 #[test]
 fn upstream_connections_are_pooled_and_reused() {
     if skip_unless_privileged() {
@@ -178,28 +178,29 @@ fn upstream_connections_are_pooled_and_reused() {
     let d = up.configure(net.daemon()).start();
     let user = test_user();
     let mut script = String::new();
-    for (flag, host, tags) in [
+    let requests: [(&str, &str, &[&str]); 4] = [
         (
             "--http1.1",
             API_HOST,
-            ["p=a1", "p=a2", "p=a3", "p=a4", "p=a5"],
+            &["p=a1", "p=a2", "p=a3", "p=a4", "p=a5"],
         ),
         (
             "--http2",
             API_HOST,
-            ["p=b1", "p=b2", "p=b3", "p=b4", "p=b5"],
+            &["p=b1", "p=b2", "p=b3&goaway", "p=b4", "p=b5", "p=b6"],
         ),
         (
             "--http1.1",
             H1_HOST,
-            ["p=c1", "p=c2", "p=c3&close", "p=c4", "p=c5"],
+            &["p=c1", "p=c2", "p=c3&close", "p=c4", "p=c5"],
         ),
         (
             "--http2",
             H1_HOST,
-            ["p=d1", "p=d2&close", "p=d3", "p=d4", "p=d5"],
+            &["p=d1", "p=d2&close", "p=d3", "p=d4", "p=d5"],
         ),
-    ] {
+    ];
+    for (flag, host, tags) in requests {
         for tag in tags {
             // One curl per request: each is a new client connection.
             script.push_str(&format!(
@@ -211,54 +212,63 @@ fn upstream_connections_are_pooled_and_reused() {
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o).lines().collect::<Vec<_>>(),
-        vec!["200"; 20],
+        vec!["200"; 21],
         "{}",
         describe(&o)
     );
-    let peer = |tag: &str| {
+    let connection = |tag: &str| {
         let seen = tagged(&up, tag);
         assert_eq!(seen.len(), 1, "{tag}: {seen:?}");
         assert_injected(&up, &seen[0]);
-        (seen[0].peer, seen[0].version.clone())
+        (seen[0].connection, seen[0].version.clone())
     };
     // An upstream that speaks h2 gets one HTTP/2 connection, whatever the clients spoke.
-    let (a1, version) = peer("p=a1");
+    let (a1, version) = connection("p=a1");
     assert_eq!(
         version, "HTTP/2.0",
         "HTTP/1.1 clients' requests go over HTTP/2"
     );
-    for tag in [
-        "p=a2", "p=a3", "p=a4", "p=a5", "p=b1", "p=b2", "p=b3", "p=b4", "p=b5",
-    ] {
-        let (peer, version) = peer(tag);
-        assert_eq!(peer, a1, "{tag} shared the HTTP/2 connection");
+    for tag in ["p=a2", "p=a3", "p=a4", "p=a5", "p=b1", "p=b2", "p=b3"] {
+        let (number, version) = connection(tag);
+        assert_eq!(number, a1, "{tag} shared the HTTP/2 connection");
         assert_eq!(version, "HTTP/2.0", "{tag}");
     }
+    // The upstream sends GOAWAY once it has answered p=b3 (hyper may send it as late as when the next
+    // request arrives, which it then still serves): from then on the requests go over a new HTTP/2
+    // connection, pooled in turn.
+    let b4 = connection("p=b4").0;
+    let (b5, version) = connection("p=b5");
+    assert_eq!(version, "HTTP/2.0");
+    assert_ne!(b5, a1, "a connection that said GOAWAY carried p=b5");
+    if b4 != a1 {
+        assert_eq!(b4, b5, "p=b4 opened the new connection, p=b5 reused it");
+    }
+    assert_eq!(connection("p=b6").0, b5);
     // An upstream without h2: HTTP/1.1 connections, each lent to one request and then pooled, for
     // clients of either protocol; one the upstream closes is not used again.
-    let (c1, version) = peer("p=c1");
+    let (c1, version) = connection("p=c1");
     assert_eq!(version, "HTTP/1.1");
     assert_ne!(c1, a1);
     assert_eq!(
-        peer("p=c2").0,
+        connection("p=c2").0,
         c1,
         "the second request reused the connection"
     );
-    assert_eq!(peer("p=c3").0, c1);
-    let c4 = peer("p=c4").0;
+    assert_eq!(connection("p=c3").0, c1);
+    let c4 = connection("p=c4").0;
     assert_ne!(c4, c1, "the upstream closed that connection after p=c3");
-    assert_eq!(peer("p=c5").0, c4);
-    let (d1, version) = peer("p=d1");
+    assert_eq!(connection("p=c5").0, c4);
+    let (d1, version) = connection("p=d1");
     assert_eq!(version, "HTTP/1.1");
     assert_eq!(
         d1, c4,
         "an HTTP/2 client's request took the pooled HTTP/1.1 connection"
     );
-    assert_eq!(peer("p=d2").0, d1);
-    let d3 = peer("p=d3").0;
+    assert_eq!(connection("p=d2").0, d1);
+    let d3 = connection("p=d3").0;
     assert_ne!(d3, d1);
-    assert_eq!(peer("p=d4").0, d3);
-    assert_eq!(peer("p=d5").0, d3);
+    assert_eq!(connection("p=d4").0, d3);
+    assert_eq!(connection("p=d5").0, d3);
     d.finish();
 }
 

@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -85,6 +86,9 @@ pub struct UpstreamRequest {
     pub server: Server,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Which TCP connection it came on, numbered as the servers accept them (a peer's port can come back
+    /// for a new connection once the server has closed the old one).
+    pub connection: u64,
     /// `HTTP/1.1`, `HTTP/2.0`.
     pub version: String,
     pub method: String,
@@ -480,26 +484,51 @@ async fn accept_loop(
             }
         };
         let local = tcp.local_addr().unwrap_or(peer);
+        static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+        let connection = ACCEPTED.fetch_add(1, Ordering::Relaxed);
         let (tls, state) = (tls.clone(), state.clone());
         tokio::spawn(async move {
             let Ok(stream) = tls.accept(tcp).await else {
                 return;
             };
+            // `goaway` in a query: this connection ends gracefully after that request (an HTTP/2 GOAWAY).
+            let goaway = Arc::new(tokio::sync::Notify::new());
+            let asked = goaway.clone();
             let service = hyper::service::service_fn(move |request| {
-                handle(state.clone(), local, peer, request)
+                let at = Accepted {
+                    local,
+                    peer,
+                    connection,
+                    goaway: asked.clone(),
+                };
+                handle(state.clone(), at, request)
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = goaway.notified() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
 }
 
-async fn handle(
-    state: Arc<State>,
+/// The connection a request came on.
+struct Accepted {
     local: SocketAddr,
     peer: SocketAddr,
+    connection: u64,
+    /// Notified to end the connection after this request.
+    goaway: Arc<tokio::sync::Notify>,
+}
+
+async fn handle(
+    state: Arc<State>,
+    at: Accepted,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let headers = request
@@ -524,8 +553,9 @@ async fn handle(
         });
     let mut record = UpstreamRequest {
         server: state.server,
-        local,
-        peer,
+        local: at.local,
+        peer: at.peer,
+        connection: at.connection,
         version: format!("{:?}", request.version()),
         method: request.method().to_string(),
         target: request
@@ -577,6 +607,9 @@ async fn handle(
     };
     // `close`: this HTTP/1.1 connection ends after the response, as a server ending idle ones would.
     let mut response = response;
+    if record.query().split('&').any(|p| p == "goaway") {
+        at.goaway.notify_one();
+    }
     // hyper leaves HEAD to the service over HTTP/2 (it would send the body); real servers send none.
     if record.method == "HEAD" {
         response = response.map(|_| Empty::new().boxed());
