@@ -10,8 +10,10 @@
 //!
 //! Pools belong to the worker thread (`workers`) that made them, as do their connections' tasks: a request
 //! and the upstream connection that carries it never wake another thread. An HTTP/2 upstream connection
-//! carries every request of its pool; HTTP/1.1 connections carry one request at a time and go back to the
-//! pool when the response has been read to its end.
+//! carries the requests of its pool up to the number of streams the upstream allows at once; past that a
+//! pool opens another, so that long-lived streams (server-sent events) never hold the next request back.
+//! HTTP/1.1 connections carry one request at a time and go back to the pool when the response has been
+//! read to its end.
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -20,7 +22,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -163,7 +165,7 @@ struct Pool {
     last_used: Instant,
     connector: TlsConnector,
     name: ServerName<'static>,
-    http2: Option<Http2Sender>,
+    http2: Vec<Http2Sender>,
     idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
 }
 
@@ -194,11 +196,37 @@ struct Http2Sender {
     send: h2::client::SendRequest<Bytes>,
     /// Set by the connection's task when the connection ends.
     closed: Arc<AtomicBool>,
+    /// Requests whose responses have not ended yet.
+    open: Arc<AtomicUsize>,
 }
 
 impl Http2Sender {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    fn is_busy(&self) -> bool {
+        self.open.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether the upstream would take one more stream on this connection now.
+    fn has_room(&self) -> bool {
+        self.open.load(Ordering::Relaxed) < self.send.current_max_send_streams()
+    }
+
+    fn claim(&self) -> StreamSlot {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(self.open.clone())
+    }
+}
+
+/// One request's place among its connection's open streams, given back when dropped (the response
+/// ended, or failed).
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -254,10 +282,11 @@ pub struct Http2Body {
     stream: h2::RecvStream,
     data_done: bool,
     length: Option<u64>,
+    _slot: StreamSlot,
 }
 
 impl Http2Body {
-    fn new(stream: h2::RecvStream, headers: &HeaderMap) -> Self {
+    fn new(stream: h2::RecvStream, headers: &HeaderMap, slot: StreamSlot) -> Self {
         let length = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
@@ -266,6 +295,7 @@ impl Http2Body {
             stream,
             data_done: false,
             length,
+            _slot: slot,
         }
     }
 }
@@ -411,11 +441,9 @@ impl Upstreams {
             };
             pool.last_used = Instant::now();
             if pooled {
-                if let Some(sender) = &pool.http2 {
-                    if !sender.is_closed() {
-                        return Ok(Checkout::Pooled(Connection::Http2(sender.clone())));
-                    }
-                    pool.http2 = None;
+                pool.http2.retain(|sender| !sender.is_closed());
+                if let Some(sender) = pool.http2.iter().find(|sender| sender.has_room()) {
+                    return Ok(Checkout::Pooled(Connection::Http2(sender.clone())));
                 }
                 while let Some((sender, _)) = pool.idle.pop() {
                     if sender.is_ready() {
@@ -439,19 +467,20 @@ impl Upstreams {
             last_used: Instant::now(),
             connector: TlsConnector::from(config),
             name,
-            http2: None,
+            http2: Vec::new(),
             idle: Vec::new(),
         })
     }
 
     /// Remembers a new HTTP/2 connection for the requests that follow (HTTP/1.1 ones come back by lease).
+    /// It joins the pool's others: it was opened because they were full, or gone.
     fn keep(&self, key: &PoolKey, generation: u64, connection: &Connection) {
         if let Connection::Http2(sender) = connection {
             POOLS.with(|pools| {
                 let mut pools = pools.borrow_mut();
                 if pools.generation == generation {
                     if let Some(pool) = pools.pools.get_mut(key) {
-                        pool.http2 = Some(sender.clone());
+                        pool.http2.push(sender.clone());
                     }
                 }
             });
@@ -494,6 +523,8 @@ async fn connect(
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if http2 {
         let (send, connection) = h2::client::Builder::new()
+            // Until the upstream's SETTINGS say otherwise, as hyper assumes.
+            .initial_max_send_streams(100)
             .initial_window_size(HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .max_header_list_size(HTTP2_MAX_HEADER_BYTES)
@@ -508,7 +539,11 @@ async fn connect(
             }
             ended.store(true, Ordering::Release);
         });
-        Ok(Connection::Http2(Http2Sender { send, closed }))
+        Ok(Connection::Http2(Http2Sender {
+            send,
+            closed,
+            open: Arc::new(AtomicUsize::new(0)),
+        }))
     } else {
         let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
@@ -523,6 +558,7 @@ async fn connect(
 /// Opens a stream for `request` on an HTTP/2 connection and waits for the response head. The request body,
 /// if any, is streamed by a task of its own, since the response may begin before the body ends.
 async fn send_http2(sender: Http2Sender, request: Request<ProxyBody>) -> Http2Outcome {
+    let slot = sender.claim();
     let mut send = sender.send;
     if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
         return Http2Outcome::Unsent(request, error);
@@ -540,7 +576,7 @@ async fn send_http2(sender: Http2Sender, request: Request<ProxyBody>) -> Http2Ou
     match response.await {
         Ok(response) => {
             let (parts, stream) = response.into_parts();
-            let body = Http2Body::new(stream, &parts.headers);
+            let body = Http2Body::new(stream, &parts.headers, slot);
             Http2Outcome::Answered(Response::from_parts(parts, UpstreamBody::Http2(body)))
         }
         Err(error) => Http2Outcome::Failed(error),
@@ -618,12 +654,19 @@ async fn sweep_forever() {
                     since.elapsed() < IDLE_TIMEOUT && !sender.is_closed()
                 });
                 let unused = pool.last_used.elapsed() >= IDLE_TIMEOUT;
-                if unused || pool.http2.as_ref().is_some_and(|sender| sender.is_closed()) {
-                    pool.http2 = None;
+                if unused {
+                    pool.http2.clear();
                 }
+                // Connections opened for a burst go once they are idle; the first one stays.
+                let mut first = true;
+                pool.http2.retain(|sender| {
+                    let keep = !sender.is_closed() && (first || sender.is_busy());
+                    first &= !keep;
+                    keep
+                });
             }
             pools.pools.retain(|_, pool| {
-                pool.http2.is_some()
+                !pool.http2.is_empty()
                     || !pool.idle.is_empty()
                     || pool.last_used.elapsed() < IDLE_TIMEOUT
             });

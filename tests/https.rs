@@ -521,6 +521,57 @@ fn server_sent_events_stream_through() {
     d.finish();
 }
 
+/// The upstream allows `UPSTREAM_MAX_STREAMS` streams at once per HTTP/2 connection. One more held-open
+/// event stream than that, from HTTP/1.1 and HTTP/2 clients, each gets its first event at once: the daemon
+/// opens a second upstream connection instead of queueing the request behind streams that may never end.
+#[test]
+fn held_streams_past_the_upstreams_limit_get_another_connection() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let held = UPSTREAM_MAX_STREAMS + 1;
+    let mut clients = Vec::new();
+    for i in 0..held {
+        let flag = if i % 2 == 0 { "--http1.1" } else { "--http2" };
+        let mut client = d
+            .exec(&user)
+            .args(curl([
+                flag,
+                "-N",
+                &format!("https://{API_HOST}/sse?c=held{i}"),
+            ]))
+            .spawn();
+        client.wait_for_line("data: first");
+        clients.push(client);
+    }
+    for _ in 0..held {
+        up.release_sse();
+    }
+    for client in clients {
+        let o = client.finish();
+        assert_code(&o, 0);
+        assert!(stdout(&o).contains("data: second"), "{}", describe(&o));
+    }
+    let connections: std::collections::BTreeSet<u64> = (0..held)
+        .map(|i| {
+            let seen = tagged(&up, &format!("c=held{i}"));
+            assert_eq!(seen.len(), 1, "{seen:?}");
+            assert_injected(&up, &seen[0]);
+            seen[0].connection
+        })
+        .collect();
+    assert_eq!(
+        connections.len(),
+        2,
+        "{held} streams, {UPSTREAM_MAX_STREAMS} per connection: {connections:?}"
+    );
+    d.finish();
+}
+
 /// A WebSocket client with the stdlib: handshake (checks Sec-WebSocket-Accept), one masked text
 /// frame, prints the echoed frame.
 const WS_CLIENT: &str = r#"

@@ -143,6 +143,9 @@ pub const FNV64_INIT: u64 = 0xcbf2_9ce4_8422_2325;
 type Log = Arc<Mutex<Vec<UpstreamRequest>>>;
 type ProxyBody = BoxBody<Bytes, Infallible>;
 
+/// Streams the servers allow at once on one HTTP/2 connection: few, so that a test can go past it.
+pub const UPSTREAM_MAX_STREAMS: u32 = 4;
+
 struct State {
     server: Server,
     log: Log,
@@ -503,7 +506,8 @@ async fn accept_loop(
                 };
                 handle(state.clone(), at, request)
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(UPSTREAM_MAX_STREAMS);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
