@@ -572,6 +572,42 @@ fn held_streams_past_the_upstreams_limit_get_another_connection() {
     d.finish();
 }
 
+/// A client that gives up on a response mid-stream (an event stream here, curl at --max-time) ends the
+/// upstream's stream too, over HTTP/1.1 and HTTP/2: nothing stays open upstream on its behalf.
+#[test]
+fn a_client_giving_up_ends_the_upstream_stream() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    for flag in ["--http1.1", "--http2"] {
+        let before = up.sse_abandoned();
+        let mut client = d
+            .exec(&user)
+            .args([
+                "curl",
+                "-sS",
+                "-N",
+                "--max-time",
+                "1",
+                flag,
+                &format!("https://{API_HOST}/sse?c=abandoned{flag}"),
+            ])
+            .spawn();
+        client.wait_for_line("data: first");
+        let o = client.finish();
+        assert_eq!(code(&o), 28, "curl gave up at --max-time: {}", describe(&o));
+        assert!(
+            wait_for(SETTLE, || (up.sse_abandoned() > before).then_some(())).is_some(),
+            "{flag}: the upstream's stream is still open after the client left"
+        );
+    }
+    d.finish();
+}
+
 /// A WebSocket client with the stdlib: handshake (checks Sec-WebSocket-Accept), one masked text
 /// frame, prints the echoed frame.
 const WS_CLIENT: &str = r#"

@@ -150,6 +150,7 @@ struct State {
     server: Server,
     log: Log,
     sse_release: Arc<Semaphore>,
+    sse_abandoned: Arc<AtomicU64>,
     www: PathBuf,
 }
 
@@ -175,6 +176,7 @@ pub struct TlsUpstream {
     www: PathBuf,
     log: Log,
     sse_release: Arc<Semaphore>,
+    sse_abandoned: Arc<AtomicU64>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -264,11 +266,13 @@ impl TlsUpstream {
             .expect("tokio runtime for the TLS upstream");
         let log = Log::default();
         let sse_release = Arc::new(Semaphore::new(0));
+        let sse_abandoned = Arc::new(AtomicU64::new(0));
         for (listener, (_, server, tls)) in listeners.into_iter().zip(servers) {
             let state = Arc::new(State {
                 server,
                 log: log.clone(),
                 sse_release: sse_release.clone(),
+                sse_abandoned: sse_abandoned.clone(),
                 www: www.clone(),
             });
             listener.set_nonblocking(true).unwrap();
@@ -292,6 +296,7 @@ impl TlsUpstream {
             www,
             log,
             sse_release,
+            sse_abandoned,
             runtime: Some(runtime),
         }
     }
@@ -357,6 +362,12 @@ integrations = ["api"]
     /// Lets one `/sse` response send its second event and end.
     pub fn release_sse(&self) {
         self.sse_release.add_permits(1);
+    }
+
+    /// How many `/sse` responses were dropped by the server's HTTP layer (their stream reset or
+    /// connection closed) while waiting to send their second event.
+    pub fn sse_abandoned(&self) -> u64 {
+        self.sse_abandoned.load(Ordering::SeqCst)
     }
 
     /// Makes `/repo.git/` a bare repository with one commit (README = [`GIT_MARKER`]) prepared for
@@ -595,7 +606,7 @@ async fn handle(
     let response = match record.path() {
         "/echo" => echo(&record),
         "/upload" => text(StatusCode::OK, format!("received {}\n", record.body_len)),
-        "/sse" => sse(state.sse_release.clone()),
+        "/sse" => sse(state.sse_release.clone(), state.sse_abandoned.clone()),
         "/trailers" => with_trailers(client_trailer.as_deref().unwrap_or("none")),
         "/big" => {
             let mib = record
@@ -683,18 +694,29 @@ fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
         .unwrap()
 }
 
-fn sse(release: Arc<Semaphore>) -> Response<ProxyBody> {
+fn sse(release: Arc<Semaphore>, abandoned: Arc<AtomicU64>) -> Response<ProxyBody> {
     let (mut tx, rx) = stream_channel::channel::<Result<Frame<Bytes>, Infallible>>(4);
     tokio::spawn(async move {
         let first = Frame::data(Bytes::from_static(b"data: first\n\n"));
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
+        let dropped = async {
+            while !tx.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
         // Bounded, so a test that never releases cannot keep the task forever.
-        if let Ok(Ok(permit)) =
-            tokio::time::timeout(Duration::from_secs(20), release.acquire()).await
-        {
-            permit.forget();
+        tokio::select! {
+            released = tokio::time::timeout(Duration::from_secs(20), release.acquire()) => {
+                if let Ok(Ok(permit)) = released {
+                    permit.forget();
+                }
+            }
+            () = dropped => {
+                abandoned.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
         }
         let _ = tx
             .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
