@@ -3,6 +3,7 @@
 //! The relay finds the sandbox by the connection's source address, refuses destinations a sandbox may
 //! never reach (the host itself, loopback, link-local and metadata addresses, other sandboxes) or that its
 //! profile does not allow, and otherwise opens the outbound connection itself and copies bytes both ways.
+//! Connections to port 53 are DNS over TCP, which the relay hands to `dns` instead.
 
 use std::collections::HashSet;
 use std::io;
