@@ -1,8 +1,9 @@
 //! The DNS relay. nftables TPROXYs every UDP/53 datagram a sandbox sends to a transparent socket here; the
 //! relay forwards the query to `daemon.dns` (or the host's resolvers) and answers from the address the
 //! sandbox asked, so stub resolvers that check the source accept it. DNS over TCP (port 53) reaches the
-//! TCP relay, which hands it to `serve_tcp` here: the same resolvers, asked over TCP. Sandboxes whose host resolver they
-//! cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's own address.
+//! TCP relay, which hands it to `serve_tcp` here: the same resolvers, asked over TCP. Sandboxes whose host
+//! resolver they cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's
+//! own address.
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};

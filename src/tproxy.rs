@@ -125,8 +125,7 @@ async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
     let active = ActiveConnection::enter(&sandbox);
-    // nftables sends only TCP to port 53 here with that port: DNS, answered by the relay as over UDP,
-    // whatever the profile's egress.
+    // TCP to port 53 is DNS: answered as over UDP, whatever the profile's egress.
     if destination.port() == 53 && !active.over_limit {
         dns::serve_tcp(&daemon, &sandbox, client, destination).await;
         return;

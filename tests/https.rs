@@ -453,15 +453,11 @@ req.end('payload');
     for (protocol, tag) in [("--http1.1", "c=head-h1"), ("--http2", "c=head-h2")] {
         let o = d
             .exec(&user)
-            .args([
-                "curl",
-                "-sS",
-                "--max-time",
-                "10",
+            .args(curl([
                 protocol,
                 "-I",
                 &format!("https://{API_HOST}/big?mib=1&{tag}"),
-            ])
+            ]))
             .run();
         if code(&o) != 0 {
             d.finish();
