@@ -215,7 +215,8 @@ pub enum Egress {
     /// Traffic to hosts without an integration is relayed untouched.
     #[default]
     Allow,
-    /// Only the hosts of the profile's integrations and its `allow_hosts` are reachable.
+    /// Only the hosts of the profile's integrations and its `allow_hosts` are reachable, at the addresses
+    /// the sandbox's DNS lookups returned for them (`dns::Resolved`).
     Deny,
 }
 

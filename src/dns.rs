@@ -4,7 +4,13 @@
 //! TCP relay, which hands it to `serve_tcp` here: the same resolvers, asked over TCP. Sandboxes whose host
 //! resolver they cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's
 //! own address.
+//!
+//! Under `egress = "deny"` the relay also remembers which addresses its answers gave for the names the
+//! sandbox may reach (`Resolved`): the TCP relay and the TLS listener let a connection out only to such an
+//! address. A name in a ClientHello or a Host header costs nothing to forge; the answer of the daemon's own
+//! resolver is the one thing the sandbox cannot make up.
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
@@ -23,6 +29,49 @@ use crate::tproxy::transparent_socket;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Queries of one sandbox awaiting an answer; more are dropped (the stub resolver retries).
 const MAX_INFLIGHT_PER_SANDBOX: u64 = 256;
+/// Addresses a sandbox's `Resolved` holds; past this it starts over (the next lookups fill it again).
+const MAX_RESOLVED_ADDRESSES: usize = 4096;
+/// Names one address is remembered for (a CDN's address answers for many).
+const MAX_NAMES_PER_ADDRESS: usize = 16;
+
+/// The addresses the relay's answers gave one sandbox, each with the names (lower case, no trailing dot)
+/// it was the answer for. Kept for the sandbox's life, not for the records' TTL: a program may connect
+/// long after its lookup, and the address was the name's when the sandbox's resolver said so.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    names: Mutex<HashMap<IpAddr, Vec<String>>>,
+}
+
+impl Resolved {
+    pub fn remember(&self, name: &str, addresses: &[IpAddr]) {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        for address in addresses {
+            if names.len() >= MAX_RESOLVED_ADDRESSES && !names.contains_key(address) {
+                names.clear();
+            }
+            let known = names.entry(*address).or_default();
+            if !known.contains(&name) && known.len() < MAX_NAMES_PER_ADDRESS {
+                known.push(name.clone());
+            }
+        }
+    }
+
+    /// Whether an answer gave `address` for `name`.
+    pub fn resolves(&self, address: IpAddr, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .get(&address)
+            .is_some_and(|known| known.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+
+    /// The first name an answer gave `address` for, if any did.
+    pub fn name_of(&self, address: IpAddr) -> Option<String> {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.get(&address).and_then(|known| known.first().cloned())
+    }
+}
 
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let fd = transparent_socket(addr, SockType::Datagram)?;
@@ -139,6 +188,11 @@ async fn resolve(
         }
     };
     record.bytes_down = answer.len() as u64;
+    if !sandbox.egress_allowed() {
+        if let Some(name) = query_name(&answer).filter(|name| sandbox.names_host(name)) {
+            sandbox.resolved.remember(&name, &answer_addresses(&answer));
+        }
+    }
     (answer, record)
 }
 
@@ -362,6 +416,65 @@ pub fn query_name(query: &[u8]) -> Option<String> {
     Some(labels.join("."))
 }
 
+/// The addresses of an answer's A and AAAA records (those at the end of a CNAME chain included: the
+/// resolver followed it for the name asked). Nothing from an answer that reports an error; reading stops at
+/// the first record that does not parse.
+pub fn answer_addresses(answer: &[u8]) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    let Some(mut at) = question_end(answer) else {
+        return addresses;
+    };
+    if answer[2] & 0x80 == 0 || answer[3] & 0x0f != 0 {
+        return addresses;
+    }
+    let records = u16::from_be_bytes([answer[6], answer[7]]);
+    for _ in 0..records {
+        let Some(fixed) = skip_name(answer, at) else {
+            break;
+        };
+        let Some(header) = answer.get(fixed..fixed + 10) else {
+            break;
+        };
+        let kind = u16::from_be_bytes([header[0], header[1]]);
+        let class = u16::from_be_bytes([header[2], header[3]]);
+        let length = usize::from(u16::from_be_bytes([header[8], header[9]]));
+        let Some(data) = answer.get(fixed + 10..fixed + 10 + length) else {
+            break;
+        };
+        const IN: u16 = 1;
+        const A: u16 = 1;
+        const AAAA: u16 = 28;
+        match (kind, class) {
+            (A, IN) => {
+                if let Ok(v4) = <[u8; 4]>::try_from(data) {
+                    addresses.push(IpAddr::from(v4));
+                }
+            }
+            (AAAA, IN) => {
+                if let Ok(v6) = <[u8; 16]>::try_from(data) {
+                    addresses.push(IpAddr::from(v6));
+                }
+            }
+            _ => {}
+        }
+        at = fixed + 10 + length;
+    }
+    addresses
+}
+
+/// Where the (possibly compressed) name at `at` ends.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *message.get(at)?;
+        match len & 0xc0 {
+            0 if len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(len),
+            0xc0 => return message.get(at + 1).map(|_| at + 2),
+            _ => return None,
+        }
+    }
+}
+
 /// A SERVFAIL answer to `query`, so the stub fails at once instead of waiting out its timeout.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     let end = question_end(query)?;
@@ -409,6 +522,7 @@ pub fn sandbox_resolv_conf(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     fn query(name: &str) -> Vec<u8> {
         let mut packet = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1];
@@ -434,6 +548,102 @@ mod tests {
         let mut pointer = query("a.b");
         pointer[12] = 0xc0;
         assert_eq!(query_name(&pointer), None);
+    }
+
+    /// An answer to `query(name)`: its records as (owner, type, data); an owner of None points at the
+    /// question's name (compression), as resolvers write it.
+    fn answer(name: &str, records: &[(Option<&str>, u16, Vec<u8>)]) -> Vec<u8> {
+        let mut packet = query(name);
+        packet.truncate(packet.len() - 11); // no EDNS in this answer
+        packet[2] = 0x81;
+        packet[3] = 0x80;
+        packet[7] = records.len() as u8;
+        packet[11] = 0;
+        for (owner, kind, data) in records {
+            match owner {
+                Some(owner) => {
+                    for label in owner.split('.') {
+                        packet.push(label.len() as u8);
+                        packet.extend_from_slice(label.as_bytes());
+                    }
+                    packet.push(0);
+                }
+                None => packet.extend_from_slice(&[0xc0, 12]),
+            }
+            packet.extend_from_slice(&kind.to_be_bytes());
+            packet.extend_from_slice(&[0, 1, 0, 0, 0x0e, 0x10]);
+            packet.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            packet.extend_from_slice(data);
+        }
+        packet
+    }
+
+    #[test]
+    fn answer_addresses_are_read_through_cname_chains_and_malformed_records_stop_the_reading() {
+        let cdn = b"\x03cdn\x07example\x03net\x00".to_vec();
+        let v6: Ipv6Addr = "2001:db8::7".parse().unwrap();
+        let full = answer(
+            "api.example.com",
+            &[
+                (None, 5, cdn),
+                (Some("cdn.example.net"), 1, vec![192, 0, 2, 7]),
+                (Some("cdn.example.net"), 16, b"\x04text".to_vec()),
+                (Some("cdn.example.net"), 28, v6.octets().to_vec()),
+                (Some("cdn.example.net"), 1, vec![192, 0, 2]),
+            ],
+        );
+        assert_eq!(
+            answer_addresses(&full),
+            vec![IpAddr::from([192, 0, 2, 7]), IpAddr::from(v6)],
+            "CNAME and TXT skipped, the three-byte A ignored"
+        );
+        let mut cut = full.clone();
+        cut.truncate(full.len() - 40);
+        assert_eq!(
+            answer_addresses(&cut),
+            vec![IpAddr::from([192, 0, 2, 7])],
+            "a record cut short ends the reading"
+        );
+        let mut failed = full.clone();
+        failed[3] = 0x83; // NXDOMAIN
+        assert!(answer_addresses(&failed).is_empty());
+        let mut not_an_answer = full.clone();
+        not_an_answer[2] = 0x01;
+        assert!(answer_addresses(&not_an_answer).is_empty());
+        let mut loop_pointer = answer("a.b", &[(None, 1, vec![10, 0, 0, 1])]);
+        let at = loop_pointer.len() - 16;
+        loop_pointer[at] = 0x80; // neither a label nor a pointer
+        assert!(answer_addresses(&loop_pointer).is_empty());
+        assert!(answer_addresses(&query("a.b")).is_empty());
+        assert!(answer_addresses(&[0xff; 3]).is_empty());
+    }
+
+    #[test]
+    fn resolved_addresses_answer_for_their_own_names_only() {
+        let resolved = Resolved::default();
+        let cdn = IpAddr::from([192, 0, 2, 7]);
+        let other = IpAddr::from([192, 0, 2, 8]);
+        resolved.remember("API.Example.com.", &[cdn]);
+        resolved.remember("www.example.com", &[cdn]);
+        assert!(resolved.resolves(cdn, "api.example.com"));
+        assert!(resolved.resolves(cdn, "WWW.example.com."));
+        assert!(!resolved.resolves(cdn, "evil.example.com"));
+        assert!(!resolved.resolves(other, "api.example.com"));
+        assert_eq!(resolved.name_of(cdn).as_deref(), Some("api.example.com"));
+        assert_eq!(resolved.name_of(other), None);
+        for n in 0..MAX_NAMES_PER_ADDRESS + 4 {
+            resolved.remember(&format!("n{n}.example.com"), &[cdn]);
+        }
+        assert_eq!(
+            resolved.names.lock().unwrap()[&cdn].len(),
+            MAX_NAMES_PER_ADDRESS
+        );
+        let many: Vec<IpAddr> = (0..MAX_RESOLVED_ADDRESSES as u32)
+            .map(|n| IpAddr::from((0x0a00_0000 + n).to_be_bytes()))
+            .collect();
+        resolved.remember("many.example.com", &many);
+        assert!(resolved.names.lock().unwrap().len() <= MAX_RESOLVED_ADDRESSES);
+        assert!(resolved.resolves(many[many.len() - 1], "many.example.com"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::audit::Audit;
 use crate::ca::SandboxCa;
 use crate::config::{Config, Egress, Integration, Profile, SecretSource, Secrets};
 use crate::control;
+use crate::dns::Resolved;
 use crate::init::{self, InitSpec, EXIT_NO_SANDBOX};
 use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::nft::{self, SandboxElements};
@@ -92,11 +93,22 @@ pub struct Sandbox {
     pub started: Instant,
     pub slot: Slot,
     pub stats: Stats,
+    /// Under `egress = "deny"`, the addresses the DNS relay gave this sandbox for the names it may reach.
+    pub resolved: Resolved,
 }
 
 impl Sandbox {
     pub fn egress_allowed(&self) -> bool {
         self.profile.egress == Egress::Allow
+    }
+
+    /// Whether `host` is one of this sandbox's integration hosts or in its profile's `allow_hosts`.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.integrations
+            .iter()
+            .flat_map(|integration| &integration.hosts)
+            .chain(&self.profile.allow_hosts)
+            .any(|pattern| pattern.matches(host))
     }
 
     fn info(&self) -> SandboxInfo {
@@ -390,6 +402,7 @@ impl Daemon {
                     started: Instant::now(),
                     slot,
                     stats: Stats::default(),
+                    resolved: Resolved::default(),
                 });
                 // Known before its command runs: the command's first connection must find its sandbox.
                 self.register(&sandbox);

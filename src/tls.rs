@@ -1,7 +1,8 @@
 //! The TLS listener: every TCP connection a sandbox opens to port 443 arrives here (TPROXY). It peeks the
 //! whole ClientHello without consuming it and routes by SNI: a host of one of the profile's integrations is
 //! terminated and proxied (`http_proxy`); any other host is spliced through untouched when the profile allows
-//! egress (or lists the host in `allow_hosts`), else refused. A connection without SNI is never terminated.
+//! egress, or lists the host in `allow_hosts` and the destination is an address the sandbox's DNS relay gave
+//! for that very name (`dns::Resolved`); else refused. A connection without SNI is never terminated.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -29,8 +30,8 @@ enum Route {
     Deny(String),
 }
 
-/// Where a connection with this SNI goes for this sandbox.
-fn route(sandbox: &Sandbox, sni: Option<&str>) -> Route {
+/// Where a connection to `destination` with this SNI goes for this sandbox.
+fn route(sandbox: &Sandbox, destination: SocketAddr, sni: Option<&str>) -> Route {
     let Some(sni) = sni else {
         return if sandbox.egress_allowed() {
             Route::Passthrough
@@ -45,18 +46,28 @@ fn route(sandbox: &Sandbox, sni: Option<&str>) -> Route {
     {
         return Route::Intercept(integration.clone());
     }
-    if sandbox.egress_allowed()
-        || sandbox
-            .profile
-            .allow_hosts
-            .iter()
-            .any(|host| host.matches(sni))
+    if sandbox.egress_allowed() {
+        return Route::Passthrough;
+    }
+    if !sandbox
+        .profile
+        .allow_hosts
+        .iter()
+        .any(|host| host.matches(sni))
     {
+        return Route::Deny(format!(
+            "profile {:?} does not allow {sni}",
+            sandbox.profile.name
+        ));
+    }
+    // Anyone can write an allowed name into a ClientHello: the address must be the name's as well.
+    if sandbox.resolved.resolves(destination.ip(), sni) {
         Route::Passthrough
     } else {
         Route::Deny(format!(
-            "profile {:?} does not allow {sni}",
-            sandbox.profile.name
+            "{} is not an address the sandbox's DNS gave for {sni} (egress = \"deny\" passes an allowed \
+             host only to the addresses its DNS lookups inside the sandbox returned)",
+            destination.ip()
         ))
     }
 }
@@ -86,7 +97,7 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         }
         Err(_) => None,
     };
-    match route(&sandbox, sni.as_deref()) {
+    match route(&sandbox, destination, sni.as_deref()) {
         Route::Intercept(integration) => {
             // Responses are small writes; Nagle's delay against the client's delayed ACK costs milliseconds.
             let _ = client.set_nodelay(true);

@@ -130,8 +130,18 @@ async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         dns::serve_tcp(&daemon, &sandbox, client, destination).await;
         return;
     }
-    let record = Record::new(&sandbox, Kind::Tcp, destination);
-    if let Some(reason) = refusal(&daemon, &sandbox, destination, active.over_limit, true) {
+    let mut record = Record::new(&sandbox, Kind::Tcp, destination);
+    // Under egress = "deny", plain TCP carries no name of its own: it may go to an address the sandbox's
+    // DNS gave for a host it may reach, and the audit names that host.
+    record.host = sandbox.resolved.name_of(destination.ip());
+    let check_egress = record.host.is_none();
+    if let Some(reason) = refusal(
+        &daemon,
+        &sandbox,
+        destination,
+        active.over_limit,
+        check_egress,
+    ) {
         deny(&daemon, client, record, reason, started).await;
         return;
     }
@@ -161,7 +171,7 @@ pub fn admit(
 }
 
 /// Why this connection may not go out, if it may not. `check_egress`: whether a profile with
-/// `egress = "deny"` refuses it (plain TCP carries no name that `allow_hosts` could match).
+/// `egress = "deny"` refuses it (plain TCP to an address no allowed name resolved to).
 pub fn refusal(
     daemon: &Daemon,
     sandbox: &Sandbox,
@@ -184,7 +194,8 @@ pub fn refusal(
     }
     (check_egress && !sandbox.egress_allowed()).then(|| {
         format!(
-            "profile {:?} does not allow {destination}",
+            "profile {:?} does not allow {destination}: under egress = \"deny\", TCP goes only to addresses \
+             the sandbox's DNS gave for its integrations' hosts and allow_hosts",
             sandbox.profile.name
         )
     })

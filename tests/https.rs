@@ -1071,8 +1071,8 @@ fn ipv6_is_intercepted_like_ipv4() {
 }
 
 /// Test 11: egress = deny. `locked` (no integrations, allow_hosts = [allowed.test]) refuses
-/// api.test and plain.test and passes allowed.test through; `apionly` (integration api) injects
-/// for api.test and refuses plain.test.
+/// api.test and plain.test, passes allowed.test through, and refuses allowed.test sent to an address
+/// its DNS did not give for it; `apionly` (integration api) injects for api.test and refuses plain.test.
 #[test]
 fn deny_profiles_refuse_other_hosts() {
     if skip_unless_privileged() {
@@ -1113,6 +1113,42 @@ fn deny_profiles_refuse_other_hosts() {
         seen[0].header("authorization").is_empty() && seen[0].header("x-api-key").is_empty(),
         "allow_hosts passes through, it does not inject: {:?}",
         seen[0]
+    );
+
+    // An allowed name in the ClientHello does not make any address reachable: sent to the impostor's
+    // address (which the sandbox's DNS never gave for allowed.test), it is refused before a byte goes
+    // out. -k: were it spliced, the request would reach the impostor and be recorded there.
+    let o = d
+        .exec(&user)
+        .profile("locked")
+        .args(curl([
+            "-k",
+            "--resolve",
+            &format!("{ALLOWED_HOST}:443:{}", up.evil4),
+            "-w",
+            STATUS_FMT,
+            &format!("https://{ALLOWED_HOST}/echo?c=locked-forged"),
+        ]))
+        .run();
+    assert_ne!(code(&o), 0, "locked, forged SNI: {}", describe(&o));
+    assert!(
+        tagged(&up, "c=locked-forged").is_empty(),
+        "an allowed SNI carried the connection to an address never resolved for it"
+    );
+    let forged = audit_wait(&d, 1, |l| {
+        l["kind"] == "tls-passthrough"
+            && l["verdict"] == "denied"
+            && l["sni"] == ALLOWED_HOST
+            && l["destination"]
+                .as_str()
+                .is_some_and(|s| s.contains(&up.evil4.to_string()))
+    });
+    assert!(
+        forged[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not an address the sandbox's DNS gave")),
+        "{}",
+        forged[0]
     );
 
     // apionly: the integration's host is reachable (with --cacert the client would fail on the

@@ -404,7 +404,10 @@ fn egress_deny_profile_blocks_tcp() {
         return;
     }
     let net = TestNet::new();
-    let d = net.daemon().start();
+    let d = net
+        .daemon()
+        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
+        .start();
     let user = test_user();
     let url = format!("http://{}/", net.u4);
 
@@ -431,6 +434,42 @@ fn egress_deny_profile_blocks_tcp() {
         net.http_requests().len(),
         before,
         "the upstream was reached"
+    );
+
+    // By its allowed name, the same server is reachable: the sandbox's own lookup, through the relay,
+    // gave its address for that name. The TCP audit line names the host.
+    let o = d
+        .exec(&user)
+        .profile("locked")
+        .args(curl(&format!("http://{DNS_NAME}/")))
+        .run();
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains(UPSTREAM_MARKER),
+        "allowed name under egress=deny: {}",
+        describe(&o)
+    );
+    let locked_tcp = || -> Vec<Value> {
+        d.audit_lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "tcp" && l["profile"] == "locked")
+            .collect()
+    };
+    let passed = wait_for(SETTLE, || {
+        let lines = locked_tcp();
+        lines
+            .iter()
+            .any(|l| l["verdict"] == "passed" && l["host"] == DNS_NAME)
+            .then_some(lines)
+    });
+    let lines =
+        passed.unwrap_or_else(|| panic!("no passed TCP line for {DNS_NAME}: {:?}", locked_tcp()));
+    assert!(
+        lines.iter().any(|l| l["verdict"] == "denied"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("allow_hosts"))),
+        "{lines:?}"
     );
     d.finish();
 }
