@@ -30,9 +30,9 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Queries of one sandbox awaiting an answer; more are dropped (the stub resolver retries).
 const MAX_INFLIGHT_PER_SANDBOX: u64 = 256;
 /// Addresses a sandbox's `Resolved` holds; past this it starts over (the next lookups fill it again).
-const MAX_RESOLVED_ADDRESSES: usize = 4096;
+const MAX_RESOLVED_ADDRESSES: usize = 1024;
 /// Names one address is remembered for (a CDN's address answers for many).
-const MAX_NAMES_PER_ADDRESS: usize = 16;
+const MAX_NAMES_PER_ADDRESS: usize = 8;
 
 /// The addresses the relay's answers gave one sandbox, each with the names (lower case, no trailing dot)
 /// it was the answer for. Kept for the sandbox's life, not for the records' TTL: a program may connect
