@@ -18,6 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
@@ -74,6 +75,8 @@ pub struct InitSpec {
     /// they are large, and sending them with every exec would cost more than the sandbox.
     pub add_ca: Vec<PathBuf>,
     pub ca_pem: String,
+    /// Java keystores the sandbox sees replaced by one made from the first of `add_ca` and `ca_pem`.
+    pub java_keystores: Vec<PathBuf>,
     /// The soft open-files limit the command starts with: the daemon's own was raised for its relays.
     pub nofile_soft: u64,
 }
@@ -468,15 +471,28 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
     for (path, content) in &spec.replace {
         scratch.replace(path, &content.0)?;
     }
+    let mut java_roots = None;
     for path in &spec.add_ca {
         let Ok(mut bundle) = std::fs::read(path) else {
             continue;
         };
+        if java_roots.is_none() && !spec.java_keystores.is_empty() {
+            java_roots = Some(bundle.clone());
+        }
         if !bundle.is_empty() && !bundle.ends_with(b"\n") {
             bundle.push(b'\n');
         }
         bundle.extend_from_slice(spec.ca_pem.as_bytes());
         scratch.replace(path, &bundle)?;
+    }
+    if let Some(roots) = java_roots {
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let keystore = crate::trust::java_keystore(&roots, &spec.ca_pem, created);
+        for path in &spec.java_keystores {
+            scratch.replace(path, &keystore)?;
+        }
     }
     Ok(())
 }

@@ -481,6 +481,7 @@ impl Daemon {
             replace,
             add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
             ca_pem: ca.cert_pem().to_string(),
+            java_keystores: trust.java_keystores,
             nofile_soft: self.nofile_soft,
         };
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;

@@ -13,9 +13,17 @@
 //! A file can only be replaced where one exists (a bind mount needs a target), so every variable
 //! the plan sets points at a replaced distribution bundle; on a host without one, programs that
 //! need a variable are left as they are.
+//!
+//! Java reads no PEM bundle: its trust store is a keystore that the distribution derives from the
+//! bundle. Where one exists, the sandbox sees instead a keystore made from the bundle's certificates
+//! and the CA ([`java_keystore`]), so unmodified Java programs trust the CA too.
 
 use std::ffi::OsStr;
 use std::path::{Component, Path, PathBuf};
+
+use aws_lc_rs::digest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 /// Distribution CA bundles, PEM. Several are symlinks to another on some distributions; the
 /// lifecycle's bind mount follows the link, and both entries then carry the same content.
@@ -36,6 +44,18 @@ pub const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ca-certificates/extracted/tls-ca-bundle.pem",
     // OpenELEC, LibreELEC (Go's list)
     "/etc/pki/tls/cacert.pem",
+];
+
+/// Java trust stores kept by the distribution (ca-certificates-java, update-ca-trust, ...) from its PEM
+/// bundle. The JDKs' own `lib/security/cacerts` is a link to one of these on each of those distributions;
+/// a JDK unpacked by hand keeps a store of its own, which the sandbox does not change.
+pub const JAVA_KEYSTORES: &[&str] = &[
+    // Debian, Ubuntu, Alpine, Arch
+    "/etc/ssl/certs/java/cacerts",
+    // Fedora, RHEL, CentOS (/etc/pki/java/cacerts links here)
+    "/etc/pki/ca-trust/extracted/java/cacerts",
+    // openSUSE, SLES
+    "/var/lib/ca-certificates/java-cacerts",
 ];
 
 /// Variables read by programs that do not use the distribution bundle by default. Unset, they
@@ -108,6 +128,8 @@ pub struct TrustPlan {
     pub files: Vec<(PathBuf, Vec<u8>)>,
     /// Variables to set in the command's environment, replacing any of the same name.
     pub env: Vec<(String, String)>,
+    /// Java keystores the sandbox sees replaced by [`java_keystore`] of the first distribution bundle.
+    pub java_keystores: Vec<PathBuf>,
 }
 
 /// The files and variables that make `ca_pem` trusted in one sandbox.
@@ -132,6 +154,14 @@ pub fn plan(
         }
     }
     let bundle = plan.files.first().map(|(path, _)| path.clone());
+    if bundle.is_some() {
+        plan.java_keystores = JAVA_KEYSTORES
+            .iter()
+            .map(Path::new)
+            .filter(|path| system(path).is_some())
+            .map(Path::to_owned)
+            .collect();
+    }
 
     for &var in SET_WHEN_UNSET.iter().chain(APPEND_IF_SET) {
         // Like getenv: the first entry counts. An empty value means "unset" to these tools.
@@ -163,6 +193,55 @@ pub fn plan(
         }
     }
     plan
+}
+
+/// A Java keystore (JKS: the format of the distributions' stores, which every Java release reads)
+/// holding each certificate of the PEM `bundle`, then the CA, as trusted-certificate entries. It is
+/// sealed with Java's default store password, "changeit": a program that opens the store with that
+/// password checks the seal, and the default trust manager, which opens it with none, does not.
+pub fn java_keystore(bundle: &[u8], ca_pem: &str, created_ms: u64) -> Vec<u8> {
+    const MAGIC: u32 = 0xfeed_feed;
+    const VERSION: u32 = 2;
+    const TRUSTED_CERTIFICATE: u32 = 2;
+    let certificates = |pem: &[u8]| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem)
+            .filter_map(Result::ok)
+            .collect()
+    };
+    let system = certificates(bundle);
+    let ca = certificates(ca_pem.as_bytes());
+    let entries = system
+        .iter()
+        .enumerate()
+        .map(|(index, der)| (format!("system-{index}"), der))
+        .chain(ca.iter().map(|der| ("sandbox-ca".to_owned(), der)));
+
+    let mut store = Vec::with_capacity(bundle.len());
+    store.extend_from_slice(&MAGIC.to_be_bytes());
+    store.extend_from_slice(&VERSION.to_be_bytes());
+    store.extend_from_slice(&((system.len() + ca.len()) as u32).to_be_bytes());
+    for (alias, der) in entries {
+        store.extend_from_slice(&TRUSTED_CERTIFICATE.to_be_bytes());
+        put_java_utf(&mut store, &alias);
+        store.extend_from_slice(&created_ms.to_be_bytes());
+        put_java_utf(&mut store, "X.509");
+        store.extend_from_slice(&(der.len() as u32).to_be_bytes());
+        store.extend_from_slice(der);
+    }
+    let mut seal = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+    for unit in "changeit".encode_utf16() {
+        seal.update(&unit.to_be_bytes());
+    }
+    seal.update(b"Mighty Aphrodite");
+    seal.update(&store);
+    store.extend_from_slice(seal.finish().as_ref());
+    store
+}
+
+/// Java's `DataOutput.writeUTF` for ASCII text: a 16-bit length, then the bytes.
+fn put_java_utf(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&(text.len() as u16).to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 /// `bundle` followed by the CA, each PEM block starting on a line of its own.
@@ -444,5 +523,75 @@ mod tests {
         for name in SET_WHEN_UNSET {
             assert!(!APPEND_IF_SET.contains(name), "{name}");
         }
+    }
+
+    #[test]
+    fn java_keystores_are_replaced_where_they_exist_and_a_bundle_does() {
+        let java = JAVA_KEYSTORES[0];
+        let (plan, _) = run(&[(DEBIAN, CERT), (java, "")], &[], &[]);
+        assert_eq!(plan.java_keystores, vec![PathBuf::from(java)]);
+        assert!(file(&plan, java).is_none(), "made by the keeper, not sent");
+        let (plan, _) = run(&[(java, "")], &[], &[]);
+        assert!(
+            plan.java_keystores.is_empty(),
+            "no bundle to take the roots from: Java keeps its store"
+        );
+    }
+
+    /// Reads a JKS as Java does: (alias, certificate) entries, after checking the seal.
+    fn read_jks(store: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let (body, seal) = store.split_at(store.len() - 20);
+        let mut expected = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+        expected.update(b"\0c\0h\0a\0n\0g\0e\0i\0t");
+        expected.update(b"Mighty Aphrodite");
+        expected.update(body);
+        assert_eq!(seal, expected.finish().as_ref(), "seal for \"changeit\"");
+        let u32_at = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+        let u16_at = |at: usize| u16::from_be_bytes(body[at..at + 2].try_into().unwrap()) as usize;
+        assert_eq!(u32_at(0), 0xfeed_feed);
+        assert_eq!(u32_at(4), 2);
+        let mut entries = Vec::new();
+        let mut at = 12;
+        for _ in 0..u32_at(8) {
+            assert_eq!(u32_at(at), 2, "a trusted-certificate entry");
+            let alias_len = u16_at(at + 4);
+            let alias = String::from_utf8(body[at + 6..at + 6 + alias_len].to_vec()).unwrap();
+            at += 6 + alias_len + 8;
+            assert_eq!(&body[at..at + 7], b"\0\x05X.509");
+            let len = u32_at(at + 7);
+            entries.push((alias, body[at + 11..at + 11 + len].to_vec()));
+            at += 11 + len;
+        }
+        assert_eq!(at, body.len(), "nothing after the entries but the seal");
+        entries
+    }
+
+    #[test]
+    fn java_keystore_holds_the_bundles_certificates_then_the_ca() {
+        let make = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (root1, root2, ca) = (make("root1.test"), make("root2.test"), make("ca.test"));
+        let bundle = format!(
+            "# comment lines, as in some bundles\n{}\n{}-----BEGIN TRUSTED CERTIFICATE-----\nQ0E=\n-----END TRUSTED CERTIFICATE-----\n",
+            root1.cert.pem(),
+            root2.cert.pem()
+        );
+        let store = java_keystore(bundle.as_bytes(), &ca.cert.pem(), 1_700_000_000_000);
+        let entries = read_jks(&store);
+        let want = [
+            ("system-0", root1.cert.der()),
+            ("system-1", root2.cert.der()),
+            ("sandbox-ca", ca.cert.der()),
+        ];
+        assert_eq!(entries.len(), want.len(), "{entries:?}");
+        for ((alias, der), (want_alias, want_der)) in entries.iter().zip(want) {
+            assert_eq!(alias, want_alias);
+            assert_eq!(der.as_slice(), want_der.as_ref());
+        }
+        let empty = read_jks(&java_keystore(b"", &ca.cert.pem(), 0));
+        assert_eq!(
+            empty.len(),
+            1,
+            "a bundle without certificates leaves the CA alone"
+        );
     }
 }

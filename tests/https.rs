@@ -8,6 +8,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use common::tls_upstream::*;
 use common::*;
@@ -1338,6 +1339,85 @@ fn each_sandbox_has_its_own_ca_and_the_host_bundle_is_untouched() {
     );
     d.finish();
 }
+
+/// Java reads no PEM bundle: inside a sandbox its trust store (the distribution's keystore) holds the
+/// sandbox's CA, so java.net.http reaches an integration unmodified, over HTTP/2, with the secret
+/// injected. keytool opens the store with Java's default password, which checks its seal; the host's
+/// store never changes.
+#[test]
+fn java_trusts_the_sandbox_ca_through_its_keystore() {
+    if skip_unless_privileged() {
+        return;
+    }
+    const STORE: &str = "/etc/ssl/certs/java/cacerts";
+    let before = fs::read(STORE).expect("Debian's Java trust store (ca-certificates-java)");
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let src = TempDir::new("java", 0o755);
+    let program = src.join("Fetch.java");
+    fs::write(&program, JAVA_FETCH).unwrap();
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o644)).unwrap();
+
+    let o = d
+        .exec(&user)
+        .args([
+            "java",
+            "-XX:-UsePerfData",
+            &program.display().to_string(),
+            &format!("https://{API_HOST}/echo?c=java"),
+        ])
+        .run();
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("status=200 version=HTTP_2"),
+        "{}",
+        describe(&o)
+    );
+    let seen = tagged(&up, "c=java");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_injected(&up, &seen[0]);
+
+    let o = d
+        .exec(&user)
+        .args([
+            "keytool",
+            "-J-XX:-UsePerfData",
+            "-list",
+            "-keystore",
+            STORE,
+            "-storepass",
+            "changeit",
+            "-alias",
+            "sandbox-ca",
+        ])
+        .run();
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("trustedCertEntry"), "{}", describe(&o));
+    assert!(
+        fs::read(STORE).unwrap() == before,
+        "the host's Java trust store changed"
+    );
+    d.finish();
+}
+
+const JAVA_FETCH: &str = r#"
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.HttpRequest;
+import java.net.http.HttpResponse;
+
+public class Fetch {
+    public static void main(String[] args) throws Exception {
+        HttpResponse<String> response = HttpClient.newHttpClient().send(
+            HttpRequest.newBuilder(URI.create(args[0])).build(),
+            HttpResponse.BodyHandlers.ofString());
+        System.out.println("status=" + response.statusCode() + " version=" + response.version());
+        System.out.println(response.body());
+    }
+}
+"#;
 
 /// Reload (issue: key rotation): a secret file that changes is picked up by SIGHUP for new sandboxes,
 /// while a response already streaming through the daemon keeps going.
