@@ -301,7 +301,7 @@ impl Daemon {
     ) {
         let started = Instant::now();
         let command = describe(&request.argv);
-        let (sandbox, keeper, control, wiring) = match self
+        let (sandbox, keeper, wiring) = match self
             .create(&caller, &request, fds, command.clone())
             .await
         {
@@ -330,7 +330,7 @@ impl Daemon {
             },
         )
         .await;
-        let code = self.supervise(&sandbox, keeper, control, &mut stream).await;
+        let code = self.supervise(&sandbox, keeper, &mut stream).await;
         let _ = control::send(&mut stream, &Reply::Exited { code }).await;
         drop(stream);
         tracing::info!(
@@ -346,7 +346,7 @@ impl Daemon {
         request: &ExecRequest,
         fds: Vec<OwnedFd>,
         command: String,
-    ) -> Result<(Arc<Sandbox>, tokio::process::Child, UnixStream, Wiring), SetupError> {
+    ) -> Result<(Arc<Sandbox>, tokio::process::Child, Wiring), SetupError> {
         let config = self.config();
         let profile = config
             .select_profile(
@@ -415,7 +415,10 @@ impl Daemon {
                         "the sandbox init failed ({status})"
                     ))));
                 }
-                Ok((sandbox, keeper, control, wiring))
+                // The keeper needs nothing more; an open descriptor per live sandbox would only make every
+                // later spawn slower (each fork copies them, each exec closes them).
+                drop(control);
+                Ok((sandbox, keeper, wiring))
             }
             Err(error) => {
                 self.tearing_down.fetch_add(1, Ordering::SeqCst);
@@ -514,7 +517,6 @@ impl Daemon {
         &self,
         sandbox: &Sandbox,
         mut keeper: tokio::process::Child,
-        _control: UnixStream,
         stream: &mut UnixStream,
     ) -> i32 {
         let pid = Pid::from_raw(sandbox.pid as i32);
@@ -654,11 +656,19 @@ impl Daemon {
         let deadline = Instant::now() + LINK_GONE_TIMEOUT;
         while !links.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            match self.netlink.link_names().await {
-                Ok(present) => links.retain(|name| present.contains(name)),
-                // A transient failure (EBUSY) only delays the check.
-                Err(error) => tracing::debug!(%error, "listing links"),
+            let mut present = Vec::with_capacity(links.len());
+            for name in links {
+                match self.netlink.link_exists(&name).await {
+                    Ok(false) => {}
+                    Ok(true) => present.push(name),
+                    Err(error) => {
+                        // A transient failure only delays the check.
+                        tracing::debug!(%error, "looking up a veth");
+                        present.push(name);
+                    }
+                }
             }
+            links = present;
         }
         for name in links {
             if let Err(error) = self.netlink.delete_link(&name).await {

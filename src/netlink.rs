@@ -562,6 +562,17 @@ impl Netlink {
         all_ok(errors).map(|()| names)
     }
 
+    /// Whether a link of this name exists: one targeted request, where a dump costs as much as there are
+    /// links (two per live sandbox).
+    pub async fn link_exists(&self, ifname: &str) -> Result<bool, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(ifname).execute();
+        let found = links.try_next().await.map(|link| link.is_some());
+        match found {
+            Err(err) if errno(&err) == Some(Errno::ENODEV) => Ok(false),
+            found => found.map_err(failed(format!("look up link {ifname}"))),
+        }
+    }
+
     /// The names of all links of this namespace (leak checks).
     pub async fn link_names(&self) -> Result<Vec<String>, NetlinkError> {
         let links: Vec<_> = self
@@ -816,9 +827,11 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains("create veth sbx7"), "{err}");
             assert!(host.link_names().await.unwrap().contains(&spec.host_ifname));
+            assert!(host.link_exists(&spec.host_ifname).await.unwrap());
 
             host.delete_link(&spec.host_ifname).await.unwrap();
             assert!(!host.link_names().await.unwrap().contains(&spec.host_ifname));
+            assert!(!host.link_exists(&spec.host_ifname).await.unwrap());
             assert_eq!(sandbox.link_names().await.unwrap(), ["lo"]);
             host.delete_link(&spec.host_ifname).await.unwrap();
         });
