@@ -64,6 +64,9 @@ pub fn run(loaded: Loaded) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("sandbox-daemon")
+        // Blocking threads (user lookups of a burst of execs) go soon after the burst: every one alive
+        // makes each later keeper's fork copy more.
+        .thread_keep_alive(Duration::from_secs(1))
         .build()
         .context("starting the async runtime")?;
     // Core dumps of the daemon would hold every sandbox CA's key and the secrets.
