@@ -5,10 +5,11 @@
 //! resolver they cannot reach (a loopback stub such as 127.0.0.53) get a resolv.conf naming the relay's
 //! own address.
 //!
-//! Under `egress = "deny"` the relay also remembers which addresses its answers gave for the names the
-//! sandbox may reach (`Resolved`): the TCP relay and the TLS listener let a connection out only to such an
-//! address. A name in a ClientHello or a Host header costs nothing to forge; the answer of the daemon's own
-//! resolver is the one thing the sandbox cannot make up.
+//! Under `egress = "deny"` the relay looks up only the names the sandbox may reach (any other gets
+//! NXDOMAIN), and remembers which addresses its answers gave for them (`Resolved`): the TCP relay and the
+//! TLS listener let a connection out only to such an address. A name in a ClientHello or a Host header
+//! costs nothing to forge; the answer of the daemon's own resolver is the one thing the sandbox cannot make
+//! up.
 
 use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
@@ -180,6 +181,20 @@ async fn resolve(
     let mut record = Record::new(sandbox, Kind::Dns, asked);
     record.host = query_name(query);
     record.bytes_up = query.len() as u64;
+    if !sandbox.egress_allowed() {
+        if let Some(name) = record.host.clone().filter(|name| !sandbox.names_host(name)) {
+            // Not looked up at all: forwarded, the query would carry whatever its name encodes to that
+            // name's own servers, a channel out of a sandbox that may not reach them.
+            record.verdict = Verdict::Denied;
+            record.error = Some(format!(
+                "profile {:?} does not allow {name}; answered NXDOMAIN",
+                sandbox.profile.name
+            ));
+            let answer = error_answer(query, NXDOMAIN).unwrap_or_default();
+            record.bytes_down = answer.len() as u64;
+            return (answer, record);
+        }
+    }
     let answer = match forward(query, &upstreams(daemon), transport).await {
         Ok(answer) => answer,
         Err(error) => {
@@ -197,10 +212,10 @@ async fn resolve(
 }
 
 async fn finish(daemon: &Daemon, mut record: Record, started: Instant) {
-    let verdict = if record.error.is_some() {
-        Verdict::Error
-    } else {
-        Verdict::Passed
+    let verdict = match (record.verdict, &record.error) {
+        (Verdict::Denied, _) => Verdict::Denied,
+        (_, Some(_)) => Verdict::Error,
+        (_, None) => Verdict::Passed,
     };
     let error = record.error.take();
     record.finish(verdict, error, started);
@@ -475,12 +490,20 @@ fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+const SERVFAIL: u8 = 2;
+const NXDOMAIN: u8 = 3;
+
 /// A SERVFAIL answer to `query`, so the stub fails at once instead of waiting out its timeout.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    error_answer(query, SERVFAIL)
+}
+
+/// An answer to `query` with this error code, its question, and no records.
+fn error_answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
     let end = question_end(query)?;
     let mut answer = query[..end].to_vec();
     answer[2] = 0x80 | (query[2] & 0x79); // response, same opcode and RD
-    answer[3] = 0x80 | 2; // RA, SERVFAIL
+    answer[3] = 0x80 | rcode; // RA
     answer[6..12].fill(0);
     Some(answer)
 }

@@ -1098,8 +1098,22 @@ fn deny_profiles_refuse_other_hosts() {
     };
 
     for (host, tag) in [(API_HOST, "c=locked-api"), (PLAIN_HOST, "c=locked-plain")] {
+        // By name the sandbox gets no address (its DNS answers NXDOMAIN); given the right address anyway,
+        // the ClientHello's name is refused.
         let o = run("locked", host, tag);
         assert_ne!(code(&o), 0, "locked, {host}: {}", describe(&o));
+        let o = d
+            .exec(&user)
+            .profile("locked")
+            .args(curl([
+                "--cacert",
+                &ca,
+                "--resolve",
+                &format!("{host}:443:{}", up.good4),
+                &format!("https://{host}/echo?{tag}"),
+            ]))
+            .run();
+        assert_ne!(code(&o), 0, "locked, {host} by address: {}", describe(&o));
         assert!(
             tagged(&up, tag).is_empty(),
             "locked, {host} reached upstream"

@@ -342,7 +342,10 @@ fn dns_over_tcp_is_relayed() {
         return;
     }
     let net = TestNet::new();
-    let d = net.daemon().start();
+    let d = net
+        .daemon()
+        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
+        .start();
     let user = test_user();
 
     for profile in ["default", "locked"] {
@@ -392,6 +395,75 @@ fn dns_over_tcp_is_relayed() {
             l["destination"]
                 .as_str()
                 .is_some_and(|d| d.ends_with(":53")),
+            "{l}"
+        );
+    }
+    d.finish();
+}
+
+/// Under egress = "deny" the relay looks up only names the profile may reach: any other is answered
+/// NXDOMAIN without a query leaving the daemon (over UDP and TCP), so a name cannot carry data out to its
+/// own servers; an allowed name resolves as usual. The default profile resolves both.
+#[test]
+fn deny_profiles_resolve_only_names_they_may_reach() {
+    if skip_unless_privileged() {
+        return;
+    }
+    const OTHER: &str = "elsewhere.test";
+    let net = TestNet::new();
+    net.add_dns_name(OTHER, net.u4, net.u6);
+    let d = net
+        .daemon()
+        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
+        .start();
+    let user = test_user();
+    let asked = |name: &str| {
+        let udp = net.seen.dns.lock().unwrap().clone();
+        let tcp = net.seen.dns_tcp.lock().unwrap().clone();
+        udp.iter()
+            .chain(&tcp)
+            .filter(|q| q.starts_with(&format!("{name} ")))
+            .count()
+    };
+
+    for options in ["", "use-vc"] {
+        let o = d
+            .exec(&user)
+            .profile("locked")
+            .env("RES_OPTIONS", options)
+            .args(["getent", "ahostsv4", OTHER])
+            .run();
+        assert_code(&o, 2);
+        let o = d
+            .exec(&user)
+            .profile("locked")
+            .env("RES_OPTIONS", options)
+            .args(["getent", "ahostsv4", DNS_NAME])
+            .run();
+        assert_code(&o, 0);
+        assert!(stdout(&o).contains(&net.u4.to_string()), "{}", describe(&o));
+    }
+    assert_eq!(asked(OTHER), 0, "a query for {OTHER} left the daemon");
+    assert!(asked(DNS_NAME) >= 2);
+
+    let o = d.exec(&user).args(["getent", "ahostsv4", OTHER]).run();
+    assert_code(&o, 0);
+    assert!(asked(OTHER) >= 1, "the default profile resolves any name");
+
+    let denied = wait_for(SETTLE, || {
+        let lines: Vec<Value> = d
+            .audit_lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "dns" && l["verdict"] == "denied")
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no denied DNS lines: {:?}", d.audit_lines()));
+    for l in &denied {
+        assert_eq!(l["host"], OTHER, "{l}");
+        assert_eq!(l["profile"], "locked", "{l}");
+        assert!(
+            l["error"].as_str().is_some_and(|e| e.contains("NXDOMAIN")),
             "{l}"
         );
     }
