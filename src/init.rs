@@ -471,13 +471,16 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
     for (path, content) in &spec.replace {
         scratch.replace(path, &content.0)?;
     }
-    let mut java_roots = None;
+    let mut java_keystore = None;
     for path in &spec.add_ca {
         let Ok(mut bundle) = std::fs::read(path) else {
             continue;
         };
-        if java_roots.is_none() && !spec.java_keystores.is_empty() {
-            java_roots = Some(bundle.clone());
+        if java_keystore.is_none() && !spec.java_keystores.is_empty() {
+            let created = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64);
+            java_keystore = Some(crate::trust::java_keystore(&bundle, &spec.ca_pem, created));
         }
         if !bundle.is_empty() && !bundle.ends_with(b"\n") {
             bundle.push(b'\n');
@@ -485,11 +488,7 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
         bundle.extend_from_slice(spec.ca_pem.as_bytes());
         scratch.replace(path, &bundle)?;
     }
-    if let Some(roots) = java_roots {
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
-        let keystore = crate::trust::java_keystore(&roots, &spec.ca_pem, created);
+    if let Some(keystore) = java_keystore {
         for path in &spec.java_keystores {
             scratch.replace(path, &keystore)?;
         }
