@@ -7,8 +7,10 @@
 //! (the `inet sandbox` table); then every connection the sandbox opens is accepted by `tproxy` and handed
 //! to one of the `workers`: port 443 goes to `tls` (ClientHello peeked by `clienthello`), which either
 //! splices it through or terminates it in `http_proxy`, whose requests go out through `upstream`; other TCP
-//! is relayed by `tproxy`, DNS (UDP, and TCP handed over by `tproxy`) answered by `dns`; each writes `audit`. `config` and `pool` feed the daemon; `daemon`
-//! starts and stops it all (`systemd` tells the service manager); `doctor` checks the host.
+//! is relayed by `tproxy`, DNS (UDP, and TCP handed over by `tproxy`) answered by `dns`, which under
+//! `egress = "deny"` also records the addresses that `tls` and `tproxy` let allowed names reach; each writes
+//! `audit`. `config` and `pool` feed the daemon; `daemon` starts and stops it all (`systemd` tells the
+//! service manager); `doctor` checks the host.
 
 pub mod audit;
 pub mod ca;
