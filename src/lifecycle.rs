@@ -442,11 +442,14 @@ impl Daemon {
         keeper_end
             .set_nonblocking(false)
             .map_err(SetupError::Spawn)?;
-        let mut keeper = init::spawn_keeper(stdio, keeper_end.into()).map_err(SetupError::Spawn)?;
+        let [stdin, stdout, stderr] = stdio;
+        let mut keeper =
+            init::spawn_keeper(keeper_end.into(), stdout, stderr).map_err(SetupError::Spawn)?;
         let pid = keeper.id().ok_or_else(|| {
             SetupError::Spawn(io::Error::other("the sandbox init exited at once"))
         })?;
         wiring.keeper = Some(pid);
+        init::send_stdin(&control, stdin).map_err(SetupError::Spawn)?;
 
         let trust = self.trust_plan(ca, request);
         let (add_ca, caller_bundles): (Vec<_>, Vec<_>) =
@@ -488,19 +491,30 @@ impl Daemon {
             nofile_soft: self.nofile_soft,
         };
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
-        let netns =
-            std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(SetupError::Spawn)?;
         let (link_spec, elements) = (wiring.link_spec(), wiring.elements());
-        let (written, link, elements) = tokio::join!(
-            control.write_all(&frame),
-            self.netlink.create_sandbox_link(&link_spec, netns.as_fd()),
-            nft::add_sandbox(&elements),
-        );
-        // Held until the sandbox is reaped, so the namespace dies with a batch of others.
-        wiring.netns = Some(netns.into());
-        wiring.link = true;
+        let wired = async {
+            // One byte from the keeper: its namespaces exist, and its netns is no longer the daemon's.
+            let mut made = [0u8; 1];
+            control.read_exact(&mut made).await?;
+            let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            let (written, link) = tokio::join!(
+                control.write_all(&frame),
+                self.netlink.create_sandbox_link(&link_spec, netns.as_fd()),
+            );
+            io::Result::Ok((netns, written, link))
+        };
+        let (wired, elements) = tokio::join!(wired, nft::add_sandbox(&elements));
         wiring.elements = elements.is_ok();
-        link.map_err(|e| SetupError::Network(e.to_string()))?;
+        let written = match wired {
+            Ok((netns, written, link)) => {
+                // Held until the sandbox is reaped, so the namespace dies with a batch of others.
+                wiring.netns = Some(netns.into());
+                wiring.link = true;
+                link.map_err(|e| SetupError::Network(e.to_string()))?;
+                written
+            }
+            Err(error) => Err(error),
+        };
         elements.map_err(|e| SetupError::Network(e.to_string()))?;
         if written.is_err() {
             // The keeper died before it could start the command; its status says why.
