@@ -351,6 +351,7 @@ fn run_command(spec: &InitSpec, previous_mask: &SigSet) -> i32 {
         nix::unistd::chdir(cwd)
             .context(|| format!("cannot enter the working directory {}", cwd.display()))
     });
+    let result = result.and_then(|()| only_stdio_on_exec());
     if let Err(error) = result {
         let _ = writeln!(io::stderr(), "sandbox: {error}");
         return EXIT_NO_SANDBOX;
@@ -362,6 +363,30 @@ fn run_command(spec: &InitSpec, previous_mask: &SigSet) -> i32 {
     };
     let _ = writeln!(io::stderr(), "sandbox: {argv0}: {reason}");
     code
+}
+
+/// Marks every descriptor but stdin, stdout and stderr close-on-exec. Whatever the daemon inherited from
+/// what started it (a shell's pipe, a supervisor's file) is not close-on-exec, and would otherwise reach
+/// the command, opened with rights the caller does not have.
+fn only_stdio_on_exec() -> Result<(), InitError> {
+    // SAFETY: a system call on descriptor numbers only; it changes no memory.
+    let marked =
+        unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
+    if marked == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.11 know close_range without this flag: mark them one by one.
+    let what = || "keeping the daemon's descriptors from the command".to_string();
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .context(what)?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in open {
+        // SAFETY: as above; a descriptor closed since the listing gives EBADF, which is ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
 }
 
 fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitError> {

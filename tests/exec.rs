@@ -13,6 +13,38 @@ use nix::sys::signal::Signal;
 
 const CAP_LINES: [&str; 5] = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"];
 
+/// Invariant 4: a descriptor the daemon inherited from whatever started it (a shell's, a supervisor's) never
+/// reaches a sandbox. The command starts with stdin, stdout and stderr only.
+#[test]
+fn the_command_gets_none_of_the_daemons_descriptors() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let stray = TempDir::new("stray", 0o755);
+    let path = stray.join("daemon-only");
+    fs::write(&path, "not for sandboxes").unwrap();
+    let d = net.daemon().stray_fd(&path).start();
+    let held = fs::read_link(format!("/proc/{}/fd/{STRAY_FD}", d.pid())).unwrap();
+    assert_eq!(
+        held, path,
+        "the daemon should hold the stray file (the test's premise)"
+    );
+
+    let o = d
+        .exec(&test_user())
+        .args(["sh", "-c", "ls -l /proc/self/fd/ /proc/$$/fd/"])
+        .run();
+    assert_code(&o, 0);
+    let listing = stdout(&o);
+    assert!(listing.contains(" 0 -> "), "{listing}");
+    assert!(
+        !listing.contains(&path.display().to_string()),
+        "the daemon's descriptor reached the sandbox:\n{listing}"
+    );
+    d.finish();
+}
+
 #[test]
 fn exit_statuses() {
     if skip_unless_privileged() {

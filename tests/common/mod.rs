@@ -924,6 +924,7 @@ impl TestNet {
             profile_toml: Vec::new(),
             resolv_conf: format!("nameserver {}\n", self.u4),
             env: Vec::new(),
+            stray_file: None,
         }
     }
 
@@ -1471,6 +1472,9 @@ pub fn run_command(mut cmd: Command, limit: Duration) -> Output {
 // ---------------------------------------------------------------------------------------------------
 // The daemon
 
+/// Where [`DaemonBuilder::stray_fd`] puts its file in the daemon.
+pub const STRAY_FD: i32 = 20;
+
 pub struct DaemonBuilder<'n> {
     net: &'n TestNet,
     extra_toml: String,
@@ -1478,9 +1482,17 @@ pub struct DaemonBuilder<'n> {
     profile_toml: Vec<(String, String)>,
     resolv_conf: String,
     env: Vec<(String, String)>,
+    stray_file: Option<PathBuf>,
 }
 
 impl<'n> DaemonBuilder<'n> {
+    /// Starts the daemon with `path` open at descriptor [`STRAY_FD`], not close-on-exec: what a daemon
+    /// started from a careless shell or supervisor inherits.
+    pub fn stray_fd(mut self, path: &Path) -> Self {
+        self.stray_file = Some(path.to_owned());
+        self
+    }
+
     /// TOML appended after the base config (profiles `default`, `locked` (egress deny), `rootonly`).
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push_str(toml);
@@ -1532,6 +1544,7 @@ impl<'n> DaemonBuilder<'n> {
             env: self.env,
             daemon_toml: self.daemon_toml,
             profile_toml: self.profile_toml,
+            stray_file: self.stray_file,
             child: None,
             starts: 0,
         };
@@ -1554,6 +1567,7 @@ pub struct Daemon<'n> {
     env: Vec<(String, String)>,
     daemon_toml: String,
     profile_toml: Vec<(String, String)>,
+    stray_file: Option<PathBuf>,
     child: Option<Child>,
     starts: u32,
 }
@@ -1629,7 +1643,8 @@ users = ["root"]
         assert!(self.child.is_none(), "daemon already running");
         self.starts += 1;
         let log = File::create(self.log_path(self.starts)).unwrap();
-        let child = Command::new(tool("ip"))
+        let mut command = Command::new(tool("ip"));
+        command
             .args(["netns", "exec", &self.net.h])
             .arg(bin())
             .arg("daemon")
@@ -1639,9 +1654,25 @@ users = ["root"]
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
+            .stderr(log);
+        let stray = self
+            .stray_file
+            .as_ref()
+            .map(|path| File::open(path).unwrap());
+        if let Some(stray) = &stray {
+            let raw = stray.as_raw_fd();
+            // SAFETY: dup2 only, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if nix::libc::dup2(raw, STRAY_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().expect("spawn daemon");
+        drop(stray);
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
