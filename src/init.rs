@@ -1,11 +1,12 @@
-//! The processes inside a sandbox. The daemon starts `sandbox-init` (this binary again) in new network,
-//! mount, PID, IPC and UTS namespaces. That process (the "keeper", still in the daemon's PID namespace)
-//! reads its instructions from the daemon, shapes the mount namespace, waits until the daemon has wired
-//! the network, then forks PID 1 of the new PID namespace. PID 1 mounts a /proc of its own, forks the
-//! command, forwards signals to it and reaps orphans; when the command exits, PID 1 exits with its status
-//! and the kernel ends everything else in the namespace. Only the command's process drops to the caller's
-//! identity, in the order that keeps it from regaining anything: bounding set while still privileged,
-//! then groups/gid/uid, then every remaining capability set, then no_new_privs, then exec.
+//! The processes inside a sandbox. The daemon starts `sandbox-init` (this binary again), which first makes
+//! new network, mount, PID, IPC and UTS namespaces for itself. That process (the "keeper", still in the
+//! daemon's PID namespace) reads its instructions from the daemon, shapes the mount namespace, waits until
+//! the daemon has wired the network, then forks PID 1 of the new PID namespace. PID 1 mounts a /proc of its
+//! own, forks the command, forwards signals to it and reaps orphans; when the command exits, PID 1 exits
+//! with its status and the kernel ends everything else in the namespace. Only the command's process drops
+//! to the caller's identity, in the order that keeps it from regaining anything: bounding set while still
+//! privileged, then groups/gid/uid, then every remaining capability set, then no_new_privs, then exec, with
+//! nothing but stdin, stdout and stderr open across it.
 //!
 //! Everything here runs in single-threaded processes, never on a tokio thread: setns/unshare, set*id and
 //! capabilities act on the calling thread only.

@@ -416,7 +416,7 @@ impl Daemon {
                     ))));
                 }
                 // The keeper needs nothing more; an open descriptor per live sandbox would only make every
-                // later spawn slower (each fork copies them, each exec closes them).
+                // later spawn slower (each spawn copies them, each exec closes them).
                 drop(control);
                 Ok((sandbox, keeper, wiring))
             }
