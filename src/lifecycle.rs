@@ -38,6 +38,8 @@ pub const GRACE: Duration = Duration::from_secs(5);
 const REAP_DELAY: Duration = Duration::from_millis(200);
 /// How long the reaper waits for the kernel to remove a dead namespace's veth before deleting it itself.
 const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a new keeper may take to make its namespaces (milliseconds, normally; more on a host under load).
+const KEEPER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who is calling, as the kernel reported it on the control socket.
 #[derive(Debug, Clone)]
@@ -495,7 +497,9 @@ impl Daemon {
         let wired = async {
             // One byte from the keeper: its namespaces exist, and its netns is no longer the daemon's.
             let mut made = [0u8; 1];
-            control.read_exact(&mut made).await?;
+            tokio::time::timeout(KEEPER_READY_TIMEOUT, control.read_exact(&mut made))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             let netns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
             let (written, link) = tokio::join!(
                 control.write_all(&frame),
@@ -517,7 +521,9 @@ impl Daemon {
         };
         elements.map_err(|e| SetupError::Network(e.to_string()))?;
         if written.is_err() {
-            // The keeper died before it could start the command; its status says why.
+            // The keeper died before it could start the command, and its status says why; or it is stuck,
+            // and is ended here.
+            let _ = keeper.start_kill();
             let status = keeper.wait().await.map_err(SetupError::Spawn)?;
             return Err(SetupError::Spawn(io::Error::other(format!(
                 "the sandbox init failed ({status})"
