@@ -333,6 +333,12 @@ fn udp_other_than_dns_is_dropped_and_quic_refused() {
     d.finish();
 }
 
+/// A daemon whose `locked` profile (egress deny) allows the test resolver's name, and nothing else.
+fn allowing_dns_name(net: &TestNet) -> DaemonBuilder<'_> {
+    net.daemon()
+        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
+}
+
 /// DNS over TCP (what stub resolvers use for answers too large for a datagram, and always with
 /// `options use-vc`) is answered by the relay from the configured resolver, asked over TCP, under either
 /// egress setting, as DNS over UDP is; and audited as DNS.
@@ -342,10 +348,7 @@ fn dns_over_tcp_is_relayed() {
         return;
     }
     let net = TestNet::new();
-    let d = net
-        .daemon()
-        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
-        .start();
+    let d = allowing_dns_name(&net).start();
     let user = test_user();
 
     for profile in ["default", "locked"] {
@@ -412,10 +415,7 @@ fn deny_profiles_resolve_only_names_they_may_reach() {
     const OTHER: &str = "elsewhere.test";
     let net = TestNet::new();
     net.add_dns_name(OTHER, net.u4, net.u6);
-    let d = net
-        .daemon()
-        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
-        .start();
+    let d = allowing_dns_name(&net).start();
     let user = test_user();
     let asked = |name: &str| {
         let udp = net.seen.dns.lock().unwrap().clone();
@@ -476,10 +476,7 @@ fn egress_deny_profile_blocks_tcp() {
         return;
     }
     let net = TestNet::new();
-    let d = net
-        .daemon()
-        .profile_toml("locked", &format!("allow_hosts = [\"{DNS_NAME}\"]"))
-        .start();
+    let d = allowing_dns_name(&net).start();
     let user = test_user();
     let url = format!("http://{}/", net.u4);
 
