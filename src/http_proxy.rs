@@ -22,12 +22,14 @@ use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use zeroize::Zeroizing;
 
 use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{Integration, Secrets};
 use crate::lifecycle::{Daemon, Sandbox};
-use crate::upstream::{BoxError, Protocols, ProxyBody};
+use crate::upstream::{BoxError, Protocols, ProxyBody, RelayUpstream};
 use crate::workers::InFlight;
+use crate::{hpack, http2_relay};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
@@ -43,6 +45,53 @@ struct Intercept {
     destination: SocketAddr,
     sni: String,
     integration: Integration,
+    /// Why the upstream could not be reached when this connection dialled it for itself: every request
+    /// gets that answer.
+    unreachable: Option<(String, Verdict)>,
+}
+
+/// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
+/// missing secret), and audit records that count the sandbox's bytes as they are written.
+fn relay_scope(
+    daemon: &Daemon,
+    sandbox: &Arc<Sandbox>,
+    destination: SocketAddr,
+    sni: String,
+    integration: &Integration,
+) -> http2_relay::Scope {
+    let mut record = Record::new(sandbox, Kind::Https, destination);
+    record.sni = Some(sni.clone());
+    record.integration = Some(integration.name.clone());
+    let injected = injected_fields(integration, &sandbox.secrets);
+    let audit = daemon.audit.clone();
+    let sandbox = sandbox.clone();
+    http2_relay::Scope {
+        sni,
+        port: destination.port(),
+        injected,
+        record,
+        finished: Box::new(move |record: Record| {
+            sandbox.stats.add_bytes(record.bytes_up, record.bytes_down);
+            audit.log_now(record);
+        }),
+    }
+}
+
+/// The integration's headers as one HPACK block of never-indexed fields, with their names.
+fn injected_fields(
+    integration: &Integration,
+    secrets: &Secrets,
+) -> Result<http2_relay::Injected, String> {
+    let mut headers = HeaderMap::new();
+    inject(&mut headers, integration, secrets)?;
+    let mut block = Zeroizing::new(Vec::new());
+    let mut names = Vec::new();
+    for (name, value) in &headers {
+        hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), true, &mut block);
+        names.push(name.as_str().to_string());
+    }
+    names.dedup();
+    Ok(http2_relay::Injected { names, block })
 }
 
 /// Terminates TLS on `client` and serves HTTP on it until the client or the upstream is done.
@@ -63,6 +112,20 @@ pub async fn serve(
         }
         Err(_) => return,
     };
+    // An HTTP/2 client gets an upstream connection of its own, and its frames are relayed; when that
+    // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here.
+    let mut unreachable = None;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        match daemon.upstreams.dial_relay(destination, &sni).await {
+            Ok(RelayUpstream::Http2(upstream)) => {
+                let scope = relay_scope(&daemon, &sandbox, destination, sni, &integration);
+                http2_relay::relay(tls, *upstream, scope).await;
+                return;
+            }
+            Ok(RelayUpstream::Http1) => {}
+            Err(error) => unreachable = Some(describe_upstream_error(&error, &sni, destination)),
+        }
+    }
     let intercept = Arc::new(Intercept {
         audit: daemon.audit.clone(),
         daemon,
@@ -70,6 +133,7 @@ pub async fn serve(
         destination,
         sni,
         integration,
+        unreachable,
     });
     let service = service_fn(move |request| {
         let intercept = intercept.clone();
@@ -171,6 +235,12 @@ impl Intercept {
         } else {
             Protocols::Any
         };
+        if let Some((message, verdict)) = &self.unreachable {
+            record.status = Some(502);
+            record.finish(*verdict, Some(message.clone()), started);
+            self.audit.log(record).await;
+            return text(StatusCode::BAD_GATEWAY, message);
+        }
         let sent_request =
             self.daemon
                 .upstreams
@@ -208,14 +278,7 @@ impl Intercept {
                 drop(in_flight);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
-                sandbox
-                    .stats
-                    .bytes_up
-                    .fetch_add(record.bytes_up, Ordering::Relaxed);
-                sandbox
-                    .stats
-                    .bytes_down
-                    .fetch_add(record.bytes_down, Ordering::Relaxed);
+                sandbox.stats.add_bytes(record.bytes_up, record.bytes_down);
                 let verdict = if error.is_some() {
                     Verdict::Error
                 } else {

@@ -6,7 +6,8 @@
 //! `ca` and `trust` bundle) → `init` (the processes inside) + `netlink` (veth, addresses, routes) + `nft`
 //! (the `inet sandbox` table); then every connection the sandbox opens is accepted by `tproxy` and handed
 //! to one of the `workers`: port 443 goes to `tls` (ClientHello peeked by `clienthello`), which either
-//! splices it through or terminates it in `http_proxy`, whose requests go out through `upstream`; other TCP
+//! splices it through or terminates it in `http_proxy`, whose requests go out through `upstream` (an HTTP/2
+//! client's frames, when the upstream speaks HTTP/2 too, are relayed by `http2_relay`, with `hpack`); other TCP
 //! is relayed by `tproxy`, DNS (UDP, and TCP handed over by `tproxy`) answered by `dns`, which under
 //! `egress = "deny"` also records the addresses that `tls` and `tproxy` let allowed names reach; each writes
 //! `audit`. `config` and `pool` feed the daemon; `daemon` starts and stops it all (`systemd` tells the
@@ -21,6 +22,8 @@ pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod doctor;
+pub mod hpack;
+pub mod http2_relay;
 pub mod http_proxy;
 pub mod init;
 pub mod lifecycle;

@@ -78,6 +78,14 @@ pub struct Stats {
     pub dns_inflight: AtomicU64,
 }
 
+impl Stats {
+    /// Counts what a connection or request carried each way.
+    pub fn add_bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+}
+
 /// A live sandbox, as the proxies and `sandbox ls` see it.
 #[derive(Debug)]
 pub struct Sandbox {

@@ -245,8 +245,7 @@ pub async fn splice(
         Ok((up, down)) => (up, down, None),
         Err(error) => (0, 0, Some(error.to_string())),
     };
-    sandbox.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
-    sandbox.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+    sandbox.stats.add_bytes(up, down);
     record.bytes_up = up;
     record.bytes_down = down;
     let verdict = if error.is_some() {

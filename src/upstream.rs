@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -35,7 +35,11 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::http2_relay;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -132,6 +136,14 @@ pub struct Upstreams {
     generation: AtomicU64,
 }
 
+/// The upstream connection dialled for an HTTP/2 client.
+pub enum RelayUpstream {
+    /// The upstream speaks HTTP/2: the client's connection is relayed over this one.
+    Http2(Box<RelayConnection>),
+    /// It chose HTTP/1.1; the connection is in this worker's pool now.
+    Http1,
+}
+
 /// An HTTP/1.1 connection lent to one request; `release` it when the response has been read to its end.
 pub struct Lease {
     key: PoolKey,
@@ -167,6 +179,11 @@ struct Pool {
     name: ServerName<'static>,
     http2: Vec<Http2Sender>,
     idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
+    /// The upstream chose HTTP/1.1 when offered h2: HTTP/2 clients are then served without dialling first.
+    http1_only: bool,
+    /// An HTTP/2 connection dialled ahead for the next HTTP/2 client, and whether one is being dialled.
+    spare: Option<Spare>,
+    spare_coming: bool,
 }
 
 #[derive(Default)]
@@ -414,14 +431,106 @@ impl Upstreams {
         }
     }
 
-    /// A pooled connection ready for a request, or what it takes to make one (`pooled`: whether pooled
-    /// connections may be used at all).
-    fn checkout(
+    /// An upstream connection of its own for an HTTP/2 client (`http2_relay`): the pool's spare, dialled
+    /// ahead, when it has one (a new spare is then dialled for the next client), else a new one. An
+    /// upstream that chooses HTTP/1.1 instead has the connection put into the pool, where the client's
+    /// first request finds it.
+    pub async fn dial_relay(
+        &self,
+        destination: SocketAddr,
+        name: &str,
+    ) -> Result<RelayUpstream, SendError> {
+        enum Plan {
+            Http1,
+            Spare(
+                oneshot::Receiver<RelayConnection>,
+                TlsConnector,
+                ServerName<'static>,
+            ),
+            Dial(TlsConnector, ServerName<'static>),
+        }
+        let key: PoolKey = (destination, name.to_string(), Protocols::Any);
+        let generation = self.generation.load(Ordering::Acquire);
+        let plan = self.with_pool(&key, generation, |pool| {
+            if pool.http1_only {
+                return Plan::Http1;
+            }
+            let (connector, server_name) = (pool.connector.clone(), pool.name.clone());
+            if let Some(spare) = pool.spare.take() {
+                let (reply, taken) = oneshot::channel();
+                if spare.send(reply).is_ok() {
+                    return Plan::Spare(taken, connector, server_name);
+                }
+            }
+            Plan::Dial(connector, server_name)
+        })?;
+        let dialled = match plan {
+            Plan::Http1 => return Ok(RelayUpstream::Http1),
+            Plan::Spare(taken, connector, server_name) => match taken.await {
+                Ok(spare) => Some(spare),
+                // It died as it was taken.
+                Err(_) => dial_http2(destination, connector, server_name).await?,
+            },
+            Plan::Dial(connector, server_name) => {
+                dial_http2(destination, connector, server_name).await?
+            }
+        };
+        match dialled {
+            Some(connection) => {
+                self.dial_spare(key, generation);
+                Ok(RelayUpstream::Http2(Box::new(connection)))
+            }
+            None => {
+                self.with_pool(&key, generation, |pool| pool.http1_only = true)?;
+                Ok(RelayUpstream::Http1)
+            }
+        }
+    }
+
+    /// Dials the pool's next spare HTTP/2 connection, unless it has one or one is on its way. A task keeps
+    /// it (`hold_spare`) until a client takes it, the pool goes unused, or the upstream closes it.
+    fn dial_spare(&self, key: PoolKey, generation: u64) {
+        let dial = self.with_pool(&key, generation, |pool| {
+            if pool.spare.as_ref().is_some_and(|spare| !spare.is_closed()) || pool.spare_coming {
+                return None;
+            }
+            pool.spare_coming = true;
+            Some((pool.connector.clone(), pool.name.clone()))
+        });
+        let Ok(Some((connector, server_name))) = dial else {
+            return;
+        };
+        tokio::spawn(async move {
+            let dialled = dial_http2(key.0, connector, server_name).await;
+            POOLS.with(|pools| {
+                let mut pools = pools.borrow_mut();
+                if pools.generation != generation {
+                    return;
+                }
+                let Some(pool) = pools.pools.get_mut(&key) else {
+                    return;
+                };
+                pool.spare_coming = false;
+                match dialled {
+                    Ok(Some(connection)) => {
+                        let (take, taken) = oneshot::channel();
+                        pool.spare = Some(take);
+                        tokio::spawn(hold_spare(connection, taken));
+                    }
+                    Ok(None) => pool.http1_only = true,
+                    Err(error) => tracing::debug!(%error, "dialling a spare upstream connection"),
+                }
+            });
+        });
+    }
+
+    /// Runs `f` on the pool for `key` on this worker, made if need be.
+    fn with_pool<T>(
         &self,
         key: &PoolKey,
         generation: u64,
-        pooled: bool,
-    ) -> Result<Checkout, SendError> {
+        f: impl FnOnce(&mut Pool) -> T,
+    ) -> Result<T, SendError> {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
             if pools.generation != generation {
@@ -440,18 +549,31 @@ impl Upstreams {
                 Entry::Vacant(vacant) => vacant.insert(self.new_pool(key)?),
             };
             pool.last_used = Instant::now();
+            Ok(f(pool))
+        })
+    }
+
+    /// A pooled connection ready for a request, or what it takes to make one (`pooled`: whether pooled
+    /// connections may be used at all).
+    fn checkout(
+        &self,
+        key: &PoolKey,
+        generation: u64,
+        pooled: bool,
+    ) -> Result<Checkout, SendError> {
+        self.with_pool(key, generation, |pool| {
             if pooled {
                 pool.http2.retain(|sender| !sender.is_closed());
                 if let Some(sender) = pool.http2.iter().find(|sender| sender.has_room()) {
-                    return Ok(Checkout::Pooled(Connection::Http2(sender.clone())));
+                    return Checkout::Pooled(Connection::Http2(sender.clone()));
                 }
                 while let Some((sender, _)) = pool.idle.pop() {
                     if sender.is_ready() {
-                        return Ok(Checkout::Pooled(Connection::Http1(sender)));
+                        return Checkout::Pooled(Connection::Http1(sender));
                     }
                 }
             }
-            Ok(Checkout::Connect(pool.connector.clone(), pool.name.clone()))
+            Checkout::Connect(pool.connector.clone(), pool.name.clone())
         })
     }
 
@@ -469,22 +591,30 @@ impl Upstreams {
             name,
             http2: Vec::new(),
             idle: Vec::new(),
+            http1_only: false,
+            spare: None,
+            spare_coming: false,
         })
     }
 
     /// Remembers a new HTTP/2 connection for the requests that follow (HTTP/1.1 ones come back by lease).
     /// It joins the pool's others: it was opened because they were full, or gone.
     fn keep(&self, key: &PoolKey, generation: u64, connection: &Connection) {
-        if let Connection::Http2(sender) = connection {
-            POOLS.with(|pools| {
-                let mut pools = pools.borrow_mut();
-                if pools.generation == generation {
-                    if let Some(pool) = pools.pools.get_mut(key) {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            if pools.generation != generation {
+                return;
+            }
+            if let Some(pool) = pools.pools.get_mut(key) {
+                match connection {
+                    Connection::Http2(sender) => {
+                        pool.http1_only = false;
                         pool.http2.push(sender.clone());
                     }
+                    Connection::Http1(_) => pool.http1_only = key.2 == Protocols::Any,
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -504,22 +634,93 @@ fn to_origin_form(request: &mut Request<ProxyBody>) {
     *request.uri_mut() = origin;
 }
 
+/// Dials the destination and verifies it as `name`.
+async fn dial(
+    destination: SocketAddr,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+) -> Result<TlsStream<TcpStream>, SendError> {
+    let dial = async {
+        let tcp = TcpStream::connect(destination).await?;
+        let _ = tcp.set_nodelay(true);
+        connector.connect(name, tcp).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(error)) => Err(SendError::Connect(error)),
+        Err(_) => Err(SendError::ConnectTimeout),
+    }
+}
+
+/// An upstream connection relayed for one HTTP/2 client.
+type RelayConnection = http2_relay::Upstream<TlsStream<TcpStream>>;
+
+/// A pool's spare: handing it a sender makes its task send the connection.
+type Spare = oneshot::Sender<oneshot::Sender<RelayConnection>>;
+
+/// Dials a connection for `http2_relay` and opens HTTP/2 on it; None if the upstream chose HTTP/1.1
+/// (the connection then joins the pool, where a request finds it).
+async fn dial_http2(
+    destination: SocketAddr,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+) -> Result<Option<RelayConnection>, SendError> {
+    let key: PoolKey = (destination, name.to_str().into_owned(), Protocols::Any);
+    let tls = dial(destination, connector, name).await?;
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        return match tokio::time::timeout(CONNECT_TIMEOUT, http2_relay::handshake(tls)).await {
+            Ok(Ok(connection)) => Ok(Some(connection)),
+            Ok(Err(error)) => Err(SendError::Connect(error)),
+            Err(_) => Err(SendError::ConnectTimeout),
+        };
+    }
+    let (sender, connection) = http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    let generation = POOLS.with(|pools| pools.borrow().generation);
+    Lease {
+        key,
+        generation,
+        sender,
+    }
+    .release();
+    Ok(None)
+}
+
+/// Keeps a spare connection in order until it is taken (or the pool lets go of it, or `IDLE_TIMEOUT`
+/// passes, or the upstream ends it).
+async fn hold_spare(
+    mut connection: RelayConnection,
+    mut take: oneshot::Receiver<oneshot::Sender<RelayConnection>>,
+) {
+    let taker = tokio::time::timeout(
+        IDLE_TIMEOUT,
+        poll_fn(|cx| {
+            if let Poll::Ready(taker) = Pin::new(&mut take).poll(cx) {
+                return Poll::Ready(taker.ok());
+            }
+            connection.poll_idle(cx).map(|error| {
+                tracing::debug!(%error, "spare upstream connection ended");
+                None
+            })
+        }),
+    )
+    .await;
+    if let Ok(Some(reply)) = taker {
+        let _ = reply.send(connection);
+    }
+}
+
 /// Dials the destination, verifies it as `name`, and starts the HTTP connection ALPN chose.
 async fn connect(
     destination: SocketAddr,
     connector: TlsConnector,
     name: ServerName<'static>,
 ) -> Result<Connection, SendError> {
-    let dial = async {
-        let tcp = TcpStream::connect(destination).await?;
-        let _ = tcp.set_nodelay(true);
-        connector.connect(name, tcp).await
-    };
-    let tls = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => return Err(SendError::Connect(error)),
-        Err(_) => return Err(SendError::ConnectTimeout),
-    };
+    let tls = dial(destination, connector, name).await?;
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if http2 {
         let (send, connection) = h2::client::Builder::new()
@@ -656,6 +857,7 @@ async fn sweep_forever() {
                 let unused = pool.last_used.elapsed() >= IDLE_TIMEOUT;
                 if unused {
                     pool.http2.clear();
+                    pool.spare = None;
                 }
                 // Connections opened for a burst go once they are idle; the first one stays.
                 let mut first = true;
