@@ -86,6 +86,8 @@ const MAX_STREAMS: u32 = 128;
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Fields in one request's header list.
 const MAX_FIELDS: usize = 256;
+/// SETTINGS of the client's that the upstream has not acknowledged yet: each is remembered until it is.
+const MAX_UNACKED_SETTINGS: usize = 64;
 /// An output holding this much stops the relay reading from either peer until it drains.
 const HIGH_WATER: usize = 256 * 1024;
 /// How much of the client's connection window the relay keeps back from the upstream, for the bodies of
@@ -1419,6 +1421,12 @@ impl Core {
                 _ => {}
             }
         }
+        if self.table_sizes_sent.len() >= MAX_UNACKED_SETTINGS {
+            return Err(Fatal::new(
+                ENHANCE_YOUR_CALM,
+                "SETTINGS faster than the upstream acknowledges them",
+            ));
+        }
         write_settings(&mut self.to_upstream.buf, &forwarded);
         self.table_sizes_sent.push_back(table_size);
         Ok(())
@@ -2697,6 +2705,18 @@ mod tests {
         let records = records_settled(&raw.records, 1).await;
         assert_eq!(records[0].status, Some(200));
         assert_eq!(records[0].bytes_up, 8);
+    }
+
+    #[tokio::test]
+    async fn settings_faster_than_the_upstream_acknowledges_them_end_the_connection() {
+        let mut raw = Raw::start().await;
+        let mut out = Vec::new();
+        // In one read, so all are taken before the upstream could acknowledge any.
+        for _ in 0..2 * MAX_UNACKED_SETTINGS {
+            write_settings(&mut out, &[(INITIAL_WINDOW_SIZE, 65_535)]);
+        }
+        raw.send(&out).await;
+        assert_eq!(raw.goaway_code().await, ENHANCE_YOUR_CALM);
     }
 
     #[tokio::test]
