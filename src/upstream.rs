@@ -5,8 +5,11 @@
 //!
 //! HTTP/2 upstream connections are driven with the h2 crate directly rather than through hyper's client:
 //! a request then goes from the client's stream to the upstream's in the task that proxies it, without
-//! hyper's dispatch channel and the task it spawns per request (a fifth of the daemon's CPU per request
-//! with HTTP/2 on both sides).
+//! hyper's dispatch channel and the task it spawns per request.
+//!
+//! An HTTP/2 client's connection gets an upstream connection of its own instead (`http2_relay` passes its
+//! frames): each pool keeps one such connection dialled ahead (its spare), so that the client does not
+//! wait for a TLS handshake with the upstream, and remembers an upstream that answered h2 with HTTP/1.1.
 //!
 //! Pools belong to the worker thread (`workers`) that made them, as do their connections' tasks: a request
 //! and the upstream connection that carries it never wake another thread. An HTTP/2 upstream connection
