@@ -789,12 +789,13 @@ where
         }
         loop {
             let mut progress = false;
-            match poll_write_all(&mut self.client, &mut self.core.to_client, cx) {
+            // Requests first: the upstream can begin on them while the client's answers are written.
+            match poll_write_all(&mut self.upstream, &mut self.core.to_upstream, cx) {
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(error)) => return Poll::Ready(End::Io(error)),
                 Poll::Pending => {}
             }
-            match poll_write_all(&mut self.upstream, &mut self.core.to_upstream, cx) {
+            match poll_write_all(&mut self.client, &mut self.core.to_client, cx) {
                 Poll::Ready(Ok(wrote)) => progress |= wrote,
                 Poll::Ready(Err(error)) => return Poll::Ready(End::Io(error)),
                 Poll::Pending => {}
