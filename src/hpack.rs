@@ -613,15 +613,16 @@ fn huffman_decode(src: &[u8], out: &mut Vec<u8>) -> Result<(), HpackError> {
 ///
 /// Stateless, like [`encode_size_update`]: the relay's encoder keeps no dynamic table.
 pub fn encode_field(name: &[u8], value: &[u8], sensitive: bool, out: &mut Vec<u8>) {
-    let mut name_index = 0;
-    for (index, &(static_name, static_value)) in (1..).zip(STATIC.iter()) {
-        if static_name == name {
-            if static_value == value {
+    let name_index = static_name_index(name);
+    if name_index > 0 {
+        // Entries of one name are next to each other in the static table.
+        let same_name = STATIC[name_index - 1..]
+            .iter()
+            .take_while(|(static_name, _)| *static_name == name);
+        for (index, (_, static_value)) in (name_index..).zip(same_name) {
+            if *static_value == value {
                 encode_integer(0x80, 7, index, out);
                 return;
-            }
-            if name_index == 0 {
-                name_index = index;
             }
         }
     }
@@ -630,6 +631,66 @@ pub fn encode_field(name: &[u8], value: &[u8], sensitive: bool, out: &mut Vec<u8
         encode_string(name, out);
     }
     encode_string(value, out);
+}
+
+/// The first static-table index of `name`, or 0: a match the compiler turns into a switch on the length,
+/// where a scan of the table would compare every entry (this runs for every field the relay writes).
+fn static_name_index(name: &[u8]) -> usize {
+    match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => 0,
+    }
 }
 
 /// Appends a dynamic table size update (RFC 7541 section 6.3).
@@ -1267,6 +1328,16 @@ mod tests {
             decode(&mut skipping, &hex("be")),
             Ok(vec![("x-kept".to_owned(), "one".to_owned())])
         );
+    }
+
+    #[test]
+    fn the_name_index_finds_each_names_first_entry() {
+        for (index, (name, _)) in (1..).zip(STATIC.iter()) {
+            let first = STATIC.iter().position(|(n, _)| n == name).unwrap() + 1;
+            assert_eq!(static_name_index(name), first, "{index}");
+        }
+        assert_eq!(static_name_index(b"x-unknown"), 0);
+        assert_eq!(static_name_index(b""), 0);
     }
 
     #[test]
