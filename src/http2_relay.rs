@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant as Clock, Sleep};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::audit::{Record, Verdict};
 use crate::hpack;
@@ -370,8 +370,11 @@ impl OutBuf {
         self.buf.len() - self.written
     }
 
+    /// Lets go of the buffer if all of it is written; zeroed first, since the upstream's held the
+    /// integration's headers.
     fn shrink(&mut self) {
         if self.pending() == 0 {
+            self.buf.zeroize();
             self.buf = Vec::new();
             self.written = 0;
         }
@@ -952,15 +955,15 @@ where
             );
         })
         .await;
-        to_upstream.buf.fill(0);
+        to_upstream.buf.zeroize();
     }
 }
 
 impl<C, U> Drop for Relay<C, U> {
     fn drop(&mut self) {
         // It held the integration's headers on their way out.
-        self.core.to_upstream.buf.fill(0);
-        self.core.scratch.fill(0);
+        self.core.to_upstream.buf.zeroize();
+        self.core.scratch.zeroize();
     }
 }
 
@@ -1927,6 +1930,7 @@ impl Core {
     fn shrink(&mut self) {
         self.to_client.shrink();
         self.to_upstream.shrink();
+        self.scratch.zeroize();
         self.scratch = Vec::new();
         self.request = RequestHead::default();
         self.exchanges.shrink_to_fit();
