@@ -53,6 +53,15 @@ fn tagged(up: &TlsUpstream, tag: &str) -> Vec<UpstreamRequest> {
         .collect()
 }
 
+/// The upstream connection (the test upstream's number for it) and HTTP version of the one request tagged
+/// `tag`, which must have had the secret injected.
+fn carried_by(up: &TlsUpstream, tag: &str) -> (u64, String) {
+    let seen = tagged(up, tag);
+    assert_eq!(seen.len(), 1, "{tag}: {seen:?}");
+    assert_injected(up, &seen[0]);
+    (seen[0].connection, seen[0].version.clone())
+}
+
 fn bearer(up: &TlsUpstream) -> String {
     format!("Bearer {}", up.secret)
 }
@@ -218,12 +227,7 @@ fn upstream_connections_are_pooled_and_reused() {
         "{}",
         describe(&o)
     );
-    let connection = |tag: &str| {
-        let seen = tagged(&up, tag);
-        assert_eq!(seen.len(), 1, "{tag}: {seen:?}");
-        assert_injected(&up, &seen[0]);
-        (seen[0].connection, seen[0].version.clone())
-    };
+    let connection = |tag: &str| carried_by(&up, tag);
     // An upstream that speaks h2 gets one HTTP/2 connection for the requests of all HTTP/1.1 clients.
     let (a1, version) = connection("p=a1");
     assert_eq!(
@@ -277,6 +281,81 @@ fn upstream_connections_are_pooled_and_reused() {
     assert_ne!(d3, d1);
     assert_eq!(connection("p=d4").0, d3);
     assert_eq!(connection("p=d5").0, d3);
+    d.finish();
+}
+
+/// An HTTP/1.1 client connection's requests share the upstream's HTTP/2 connection until one of its
+/// responses is large (256 KiB or more): from then on they go over HTTP/1.1 upstream connections, which
+/// cost the upstream and the daemon less per byte. Every request still gets the secret. Another client
+/// connection starts over on HTTP/2.
+#[test]
+fn an_http1_connection_that_downloads_in_bulk_moves_to_http1_upstream_connections() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let url = |tag: &str| format!("'https://{API_HOST}/echo?{tag}&quiet'");
+    let script = format!(
+        "curl -sS --noproxy '*' --max-time 20 --http1.1 -o /dev/null -o /dev/null -o /dev/null -o /dev/null \
+           -w '%{{http_code}} %{{num_connects}} %{{size_download}}\n' {} {} 'https://{API_HOST}/big?mib=1&p=f3' {} || exit 1
+         curl -sS --noproxy '*' --max-time 10 --http1.1 -o /dev/null -w '%{{http_code}}\n' {} || exit 1",
+        url("p=f1"),
+        url("p=f2"),
+        url("p=f4"),
+        url("p=g1"),
+    );
+    let o = d.exec(&user).args(["sh", "-c", &script]).run();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", describe(&o));
+    assert!(
+        lines[..4].iter().all(|line| line.starts_with("200 ")),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(
+        lines[1..4]
+            .iter()
+            .map(|line| line.split(' ').nth(1))
+            .collect::<Vec<_>>(),
+        [Some("0"); 3],
+        "one client connection for the first four requests: {}",
+        describe(&o)
+    );
+    assert_eq!(
+        lines[2].split(' ').nth(2),
+        Some("1048576"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(lines[4], "200", "{}", describe(&o));
+    let seen = |tag: &str| carried_by(&up, tag);
+    let (f1, version) = seen("p=f1");
+    assert_eq!(
+        version, "HTTP/2.0",
+        "small responses: the shared HTTP/2 connection"
+    );
+    assert_eq!(seen("p=f2"), (f1, "HTTP/2.0".to_string()));
+    assert_eq!(
+        seen("p=f3"),
+        (f1, "HTTP/2.0".to_string()),
+        "the large one too"
+    );
+    let (f4, version) = seen("p=f4");
+    assert_eq!(
+        version, "HTTP/1.1",
+        "after a large response: HTTP/1.1 upstream"
+    );
+    assert_ne!(f4, f1);
+    assert_eq!(
+        seen("p=g1"),
+        (f1, "HTTP/2.0".to_string()),
+        "a new client connection starts on the shared HTTP/2 connection"
+    );
     d.finish();
 }
 
