@@ -37,7 +37,6 @@ use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
@@ -643,11 +642,11 @@ async fn dial(
     destination: SocketAddr,
     connector: TlsConnector,
     name: ServerName<'static>,
-) -> Result<TlsStream<ReadAhead>, SendError> {
+) -> Result<TlsStream<TcpStream>, SendError> {
     let dial = async {
         let tcp = TcpStream::connect(destination).await?;
         let _ = tcp.set_nodelay(true);
-        connector.connect(name, ReadAhead::new(tcp)).await
+        connector.connect(name, tcp).await
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
         Ok(Ok(tls)) => Ok(tls),
@@ -657,7 +656,7 @@ async fn dial(
 }
 
 /// An upstream connection relayed for one HTTP/2 client.
-type RelayConnection = http2_relay::Upstream<TlsStream<ReadAhead>>;
+type RelayConnection = http2_relay::Upstream<TlsStream<TcpStream>>;
 
 /// A pool's spare: handing it a sender makes its task send the connection.
 type Spare = oneshot::Sender<oneshot::Sender<RelayConnection>>;
@@ -877,166 +876,5 @@ async fn sweep_forever() {
                     || pool.last_used.elapsed() < IDLE_TIMEOUT
             });
         });
-    }
-}
-
-/// How much an upstream connection reads from its socket at once.
-const READ_AHEAD: usize = 64 * 1024;
-
-/// An upstream connection's TCP stream, read in large pieces. rustls asks for at most one TLS record
-/// (16 KiB) per read, so a download would cost a `recv` (and often a window update to the upstream) per
-/// record; reading `READ_AHEAD` at a time takes a quarter of them, for one more copy of each byte. What
-/// was read ahead waits in a buffer that exists only while it holds some, so an idle connection keeps none.
-pub struct ReadAhead {
-    tcp: TcpStream,
-    ahead: Vec<u8>,
-    start: usize,
-}
-
-impl ReadAhead {
-    fn new(tcp: TcpStream) -> Self {
-        ReadAhead {
-            tcp,
-            ahead: Vec::new(),
-            start: 0,
-        }
-    }
-}
-
-impl AsyncRead for ReadAhead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.start == this.ahead.len() {
-            if buf.remaining() >= READ_AHEAD {
-                return Pin::new(&mut this.tcp).poll_read(cx, buf);
-            }
-            loop {
-                ready!(this.tcp.poll_read_ready(cx))?;
-                this.ahead.reserve_exact(READ_AHEAD);
-                match this.tcp.try_read_buf(&mut this.ahead) {
-                    Ok(_) => break,
-                    Err(error) => {
-                        this.ahead = Vec::new();
-                        if error.kind() != std::io::ErrorKind::WouldBlock {
-                            return Poll::Ready(Err(error));
-                        }
-                    }
-                }
-            }
-        }
-        let pending = &this.ahead[this.start..];
-        let taken = pending.len().min(buf.remaining());
-        buf.put_slice(&pending[..taken]);
-        this.start += taken;
-        if this.start == this.ahead.len() {
-            this.ahead = Vec::new();
-            this.start = 0;
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for ReadAhead {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn pair() -> (ReadAhead, TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let (dialled, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
-        (ReadAhead::new(dialled.unwrap()), accepted.unwrap().0)
-    }
-
-    #[tokio::test]
-    async fn read_ahead_hands_on_every_byte_in_order_and_keeps_no_buffer_once_drained() {
-        let (mut reader, mut writer) = pair().await;
-        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let sending = sent.clone();
-        let send = tokio::spawn(async move {
-            writer.write_all(&sending).await.unwrap();
-            writer.shutdown().await.unwrap();
-            writer
-        });
-        let mut received = Vec::new();
-        let mut small = [0u8; 5000];
-        let mut largest_read_ahead = 0;
-        loop {
-            let n = reader.read(&mut small).await.unwrap();
-            largest_read_ahead = largest_read_ahead.max(reader.ahead.len());
-            if n == 0 {
-                break;
-            }
-            received.extend_from_slice(&small[..n]);
-        }
-        assert_eq!(received.len(), sent.len());
-        assert!(received == sent, "bytes changed or reordered");
-        assert!(
-            largest_read_ahead > small.len(),
-            "reads went ahead of what was asked ({largest_read_ahead} bytes at most)"
-        );
-        assert_eq!(reader.ahead.capacity(), 0, "the buffer went with its bytes");
-        drop(send.await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn read_ahead_reads_straight_into_a_large_buffer_and_holds_nothing_while_waiting() {
-        let (mut reader, mut writer) = pair().await;
-        let mut large = vec![0u8; READ_AHEAD];
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), reader.read(&mut large)).await;
-        assert!(waiting.is_err(), "nothing was sent yet");
-        assert_eq!(
-            reader.ahead.capacity(),
-            0,
-            "no buffer while the socket is empty"
-        );
-        writer.write_all(b"hello").await.unwrap();
-        let n = reader.read(&mut large).await.unwrap();
-        assert_eq!(&large[..n], b"hello");
-        assert_eq!(reader.ahead.capacity(), 0);
-        let mut small = [0u8; 16];
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(50), reader.read(&mut small)).await;
-        assert!(waiting.is_err());
-        assert_eq!(
-            reader.ahead.capacity(),
-            0,
-            "a small read waiting for data holds no buffer either"
-        );
     }
 }
