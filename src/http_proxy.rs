@@ -6,10 +6,11 @@
 //! after the injected handshake. Every request gets an audit record when its response ends.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use zeroize::Zeroizing;
 
@@ -28,7 +30,7 @@ use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{Integration, Secrets};
 use crate::lifecycle::{Daemon, Sandbox};
 use crate::upstream::{BoxError, Protocols, ProxyBody, RelayUpstream};
-use crate::workers::InFlight;
+use crate::workers::{self, BulkSlot, InFlight, MovableStream};
 use crate::{hpack, http2_relay};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,9 +52,12 @@ struct Intercept {
     /// Why the upstream could not be reached when this connection dialled it for itself: every request
     /// gets that answer.
     unreachable: Option<(String, Verdict)>,
-    /// Set once a response on this connection was `BULK_RESPONSE_BYTES` or more: its later requests go
-    /// over HTTP/1.1 upstream connections.
+    /// Set once a response on this connection is `BULK_RESPONSE_BYTES` or more: its later requests go
+    /// over HTTP/1.1 upstream connections, and an HTTP/1.1 connection may move to another worker.
     bulk: Arc<AtomicBool>,
+    /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for: the
+    /// tunnel starts when hyper lets go of the client's stream.
+    upgraded: Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 /// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
@@ -109,7 +114,12 @@ pub async fn serve(
     integration: Integration,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(sandbox.ca.server_config());
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(client)).await {
+    let tls = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        acceptor.accept(MovableStream::Registered(client)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => {
             tracing::debug!(id = %sandbox.id, %sni, %error, "TLS handshake with the sandbox failed");
@@ -131,6 +141,7 @@ pub async fn serve(
             Err(error) => unreachable = Some(describe_upstream_error(&error, &sni, destination)),
         }
     }
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let intercept = Arc::new(Intercept {
         audit: daemon.audit.clone(),
         daemon,
@@ -140,36 +151,206 @@ pub async fn serve(
         integration,
         unreachable,
         bulk: Arc::new(AtomicBool::new(false)),
+        upgraded: Mutex::new(None),
     });
-    let service = service_fn(move |request| {
+    if http2 {
+        serve_http2(tls, intercept).await;
+    } else {
+        // HTTP/2 over TLS is chosen with ALPN only (RFC 9113, 3.3).
+        serve_http1(Prefixed::new(tls), intercept, None).await;
+    }
+}
+
+type ClientStream = tokio_rustls::server::TlsStream<MovableStream>;
+
+type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+fn service(
+    intercept: Arc<Intercept>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = ServiceFuture,
+> + Unpin {
+    service_fn(move |request| {
         let intercept = intercept.clone();
-        // Boxed once here: hyper moves the future it gets (into each HTTP/2 stream's task), and this one is
+        // Boxed: hyper moves the future it gets (into each HTTP/2 stream's task), and this one is
         // kilobytes.
-        let proxied = Box::pin(async move { intercept.proxy(request).await });
-        async move { Ok::<_, Infallible>(proxied.await) }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
+        Box::pin(async move { Ok::<_, Infallible>(intercept.proxy(request).await) })
+            as ServiceFuture
+    })
+}
+
+async fn serve_http2(tls: ClientStream, intercept: Arc<Intercept>) {
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_HTTP2_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
-    if let Err(error) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .serve_connection(TokioIo::new(tls), service(intercept))
+        .await;
+    if let Err(error) = served {
         tracing::debug!(%error, "intercepted connection ended with an error");
     }
 }
 
+/// Serves HTTP/1.1 on `client` until it is done, an upgrade tunnels, or the connection moves: once a
+/// response on it is bulk (`Intercept::bulk`), it claims a `BulkSlot`, and if that is on another worker,
+/// hyper finishes the response in hand and lets go of the stream, which goes on there with what hyper had
+/// read ahead put back in front. The client sees one kept-alive connection throughout.
+fn serve_http1(
+    client: Prefixed<ClientStream>,
+    intercept: Arc<Intercept>,
+    slot: Option<BulkSlot>,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    // Boxed as a `Send` future by name: it is spawned, and spawns itself.
+    Box::pin(serve_http1_here(client, intercept, slot))
+}
+
+async fn serve_http1_here(
+    client: Prefixed<ClientStream>,
+    intercept: Arc<Intercept>,
+    mut slot: Option<BulkSlot>,
+) {
+    let mut connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(client), service(intercept.clone()));
+    let mut moving = false;
+    let mut claimed = slot.is_some();
+    let served = poll_fn(|cx| loop {
+        let poll = connection.poll_without_shutdown(cx);
+        // `proxy` marks a connection bulk when the response's head is ready, and hyper writes that head
+        // in the same poll, before this: the head still says keep-alive, and no later response starts here.
+        if poll.is_pending() && !claimed && intercept.bulk.load(Ordering::Relaxed) {
+            claimed = true;
+            slot = workers::claim_bulk();
+            moving = slot.as_ref().is_some_and(|slot| !slot.is_here());
+            if moving {
+                Pin::new(&mut connection).graceful_shutdown();
+                continue;
+            }
+        }
+        return poll;
+    })
+    .await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "intercepted connection ended with an error");
+        return;
+    }
+    let parts = connection.into_parts();
+    let mut client = parts.io.into_inner();
+    client.unread(parts.read_buf);
+    let upgraded = intercept
+        .upgraded
+        .lock()
+        .ok()
+        .and_then(|mut upgraded| upgraded.take());
+    if let Some(upstream) = upgraded {
+        tunnel(client, upstream).await;
+        return;
+    }
+    match slot {
+        Some(slot) if moving => {
+            if let Err(error) = client.get_mut().get_mut().0.detach() {
+                tracing::debug!(%error, "moving an intercepted connection");
+                return;
+            }
+            // This task stays until the connection ends there: what holds the connection's place in its
+            // sandbox's counts is up the stack.
+            let (done, ended) = tokio::sync::oneshot::channel::<()>();
+            slot.move_there(move |slot| async move {
+                match client.get_mut().get_mut().0.attach() {
+                    Ok(()) => serve_http1(client, intercept, Some(slot)).await,
+                    Err(error) => tracing::debug!(%error, "moving an intercepted connection"),
+                }
+                drop(done);
+            });
+            let _ = ended.await;
+        }
+        _ => {
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// A client stream with the bytes already read from it (by a hyper connection that let go of it) put back
+/// in front.
+struct Prefixed<T> {
+    unread: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(inner: T) -> Self {
+        Prefixed {
+            unread: Bytes::new(),
+            inner,
+        }
+    }
+
+    fn unread(&mut self, bytes: Bytes) {
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else if !bytes.is_empty() {
+            self.unread = [bytes, std::mem::take(&mut self.unread)].concat().into();
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = buf.remaining().min(self.unread.len());
+        buf.put_slice(&self.unread.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 impl Intercept {
-    async fn proxy(&self, mut request: Request<Incoming>) -> Response<ProxyBody> {
+    async fn proxy(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let in_flight = InFlight::start();
         let started = Instant::now();
         let mut record = Record::new(&self.sandbox, Kind::Https, self.destination);
@@ -190,7 +371,6 @@ impl Intercept {
 
         let client_version = request.version();
         let upgrade_requested = is_upgrade(request.headers()) && client_version < Version::HTTP_2;
-        let client_upgrade = upgrade_requested.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         if client_version < Version::HTTP_2 {
             strip_hop_by_hop(&mut parts.headers, upgrade_requested);
@@ -237,7 +417,8 @@ impl Intercept {
         // req/s at 16 connections: 0.42x -> 0.46x of direct; one connection's p50 latency +10 us). Bulk
         // data is the other way round: HTTP/2's framing and flow control cost the upstream and the daemon
         // more per byte than HTTP/1.1 (1 MiB bodies: 0.40x of direct over HTTP/2, 0.47x over HTTP/1.1),
-        // so a client connection that has received a large response gets HTTP/1.1 from then on.
+        // so a client connection that has received a large response gets HTTP/1.1 from then on (and may
+        // move to another worker: `serve_http1`).
         // Upgrades exist only in HTTP/1.1.
         let bulk = client_version < Version::HTTP_2 && self.bulk.load(Ordering::Relaxed);
         let protocols = if upgrade_requested || bulk {
@@ -271,12 +452,23 @@ impl Intercept {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
             lease = None;
-            if let Some(client_upgrade) = client_upgrade {
+            if upgrade_requested {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                if let Ok(mut upgraded) = self.upgraded.lock() {
+                    *upgraded = Some(upstream_upgrade);
+                }
             }
         } else if response.version() < Version::HTTP_2 {
             strip_hop_by_hop(response.headers_mut(), false);
+        }
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if client_version < Version::HTTP_2
+            && declared.is_some_and(|length| length >= BULK_RESPONSE_BYTES)
+        {
+            self.bulk.store(true, Ordering::Relaxed);
         }
         let sandbox = self.sandbox.clone();
         let audit = self.audit.clone();
@@ -449,12 +641,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Copies bytes both ways between the two upgraded connections (WebSocket and the like).
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    let (Ok(client), Ok(upstream)) = tokio::join!(client, upstream) else {
+/// Copies bytes both ways between the client's stream and the upgraded upstream connection (WebSocket
+/// and the like).
+async fn tunnel(mut client: Prefixed<ClientStream>, upstream: hyper::upgrade::OnUpgrade) {
+    let Ok(upstream) = upstream.await else {
         return;
     };
-    let mut client = TokioIo::new(client);
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
