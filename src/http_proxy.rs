@@ -58,6 +58,9 @@ struct Intercept {
     /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for: the
     /// tunnel starts when hyper lets go of the client's stream.
     upgraded: Mutex<Option<hyper::upgrade::OnUpgrade>>,
+    /// Set once a request asked for the connection to end after its response: such a connection is not
+    /// moved (it would wait on the other worker for a request that never comes).
+    closing: AtomicBool,
 }
 
 /// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
@@ -152,6 +155,7 @@ pub async fn serve(
         unreachable,
         bulk: Arc::new(AtomicBool::new(false)),
         upgraded: Mutex::new(None),
+        closing: AtomicBool::new(false),
     });
     if http2 {
         serve_http2(tls, intercept).await;
@@ -224,7 +228,11 @@ async fn serve_http1_here(
         let poll = connection.poll_without_shutdown(cx);
         // `proxy` marks a connection bulk when the response's head is ready, and hyper writes that head
         // in the same poll, before this: the head still says keep-alive, and no later response starts here.
-        if poll.is_pending() && !claimed && intercept.bulk.load(Ordering::Relaxed) {
+        if poll.is_pending()
+            && !claimed
+            && intercept.bulk.load(Ordering::Relaxed)
+            && !intercept.closing.load(Ordering::Relaxed)
+        {
             claimed = true;
             slot = workers::claim_bulk();
             moving = slot.as_ref().is_some_and(|slot| !slot.is_here());
@@ -271,7 +279,8 @@ async fn serve_http1_here(
             let _ = ended.await;
         }
         _ => {
-            let _ = client.shutdown().await;
+            // close_notify, as hyper would have sent; bounded, for a client that reads nothing more.
+            let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, client.shutdown()).await;
         }
     }
 }
@@ -371,6 +380,9 @@ impl Intercept {
 
         let client_version = request.version();
         let upgrade_requested = is_upgrade(request.headers()) && client_version < Version::HTTP_2;
+        if wants_close(client_version, request.headers()) {
+            self.closing.store(true, Ordering::Relaxed);
+        }
         let (mut parts, body) = request.into_parts();
         if client_version < Version::HTTP_2 {
             strip_hop_by_hop(&mut parts.headers, upgrade_requested);
@@ -602,6 +614,22 @@ pub fn inject(
     Ok(())
 }
 
+/// Whether an HTTP/1 request asks for its connection to end after the response.
+fn wants_close(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    match version {
+        Version::HTTP_10 | Version::HTTP_09 => !says("keep-alive"),
+        Version::HTTP_11 => says("close"),
+        _ => false,
+    }
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers.get_all(header::CONNECTION).iter().any(|value| {
@@ -787,6 +815,23 @@ impl<B> Drop for Metered<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_that_ends_its_connection_is_told_apart() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONNECTION, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        let none = HeaderMap::new();
+        assert!(!wants_close(Version::HTTP_11, &none));
+        assert!(wants_close(Version::HTTP_11, &with("close")));
+        assert!(wants_close(Version::HTTP_11, &with("TE, Close")));
+        assert!(!wants_close(Version::HTTP_11, &with("closed")));
+        assert!(wants_close(Version::HTTP_10, &none));
+        assert!(!wants_close(Version::HTTP_10, &with("Keep-Alive")));
+        assert!(!wants_close(Version::HTTP_2, &with("close")));
+    }
 
     #[test]
     fn host_must_name_the_sni_on_this_port() {

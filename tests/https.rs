@@ -386,7 +386,7 @@ fn thread_ticks(pid: i32) -> std::collections::HashMap<String, u64> {
 /// Two HTTP/1.1 client connections download in bulk at once: the second moves to the worker that had
 /// none, between two responses, and carries on there as the same kept-alive connection. A request the
 /// client pipelined behind the large response is answered after the move, and every request gets the
-/// secret.
+/// secret. A connection whose request says `Connection: close` is closed after its response, not moved.
 #[test]
 fn a_second_bulk_connection_moves_to_another_worker_and_keeps_its_pipelined_request() {
     if skip_unless_privileged() {
@@ -397,7 +397,7 @@ fn a_second_bulk_connection_moves_to_another_worker_and_keeps_its_pipelined_requ
     let d = up.configure(net.daemon()).start();
     let user = test_user();
     let client = r#"
-import socket, ssl, sys
+import socket, ssl, sys, time
 host = sys.argv[1]
 ctx = ssl.create_default_context()
 ctx.set_alpn_protocols(["http/1.1"])
@@ -438,6 +438,14 @@ b.sendall(request("/echo?p=b4&quiet"))
 print(response(fb))
 a.sendall(request("/echo?p=a2&quiet"))
 print(response(fa))
+fb.close()
+b.close()
+time.sleep(0.5)
+c, fc = connect()
+c.settimeout(10)
+c.sendall(request("/big?mib=8&p=c1").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+print(response(fc))
+print("eof" if fc.read() == b"" else "more")
 "#;
     let before = thread_ticks(d.pid().as_raw());
     let o = d
@@ -449,21 +457,27 @@ print(response(fa))
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
     let whole = |n: u64| format!("200 {}", n << 20);
-    assert_eq!(lines.len(), 6, "{}", describe(&o));
+    assert_eq!(lines.len(), 8, "{}", describe(&o));
     assert_eq!(
         [lines[0], lines[1], lines[3]],
         [whole(8).as_str(), whole(8).as_str(), whole(128).as_str()],
         "{}",
         describe(&o)
     );
+    assert_eq!(
+        lines[6..],
+        [format!("{} close", whole(8)).as_str(), "eof"],
+        "a connection whose request asked to close it is not moved, but closed: {}",
+        describe(&o)
+    );
     assert!(
-        lines
+        lines[..6]
             .iter()
             .all(|line| line.starts_with("200 ") && !line.ends_with("close")),
         "every response whole, none with Connection: close: {}",
         describe(&o)
     );
-    for tag in ["p=a1", "p=b1", "p=b2", "p=b3", "p=b4", "p=a2"] {
+    for tag in ["p=a1", "p=b1", "p=b2", "p=b3", "p=b4", "p=a2", "p=c1"] {
         carried_by(&up, tag);
     }
     let (b3, version) = carried_by(&up, "p=b3");
