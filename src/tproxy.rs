@@ -66,9 +66,27 @@ pub fn transparent_socket(addr: SocketAddr, kind: SockType) -> io::Result<OwnedF
     }
     socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     if kind == SockType::Stream {
+        unpaced_congestion_control(&fd);
         socket::listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
     }
     Ok(fd)
+}
+
+/// Congestion control for the connections sandboxes open to the daemon, in order of preference. A
+/// sandbox's link is a veth pair inside this machine, with nothing to probe or pace for; BBR, a common
+/// default, paces every send with a timer, which on a virtual machine costs the daemon and the sandboxed
+/// client more than copying the bytes (measured on 2 cores: 1 MiB bodies 800 -> 700 us of daemon CPU per
+/// MiB, 0.52x -> 0.57x of direct). Connections to upstreams keep the system's choice.
+const SANDBOX_CONGESTION_CONTROL: [&str; 2] = ["cubic", "reno"];
+
+/// Sets a listener's congestion control, which the connections it accepts inherit.
+fn unpaced_congestion_control(listener: &OwnedFd) {
+    for name in SANDBOX_CONGESTION_CONTROL {
+        if socket::setsockopt(listener, sockopt::TcpCongestion, &name.into()).is_ok() {
+            return;
+        }
+    }
+    tracing::debug!("neither cubic nor reno congestion control is available; keeping the default");
 }
 
 pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -410,6 +428,28 @@ mod tests {
                 "{ip}"
             );
         }
+    }
+
+    #[test]
+    fn connections_to_the_listeners_are_not_paced() {
+        if !crate::testutil::root_or_skip("connections_to_the_listeners_are_not_paced") {
+            return;
+        }
+        let fd = transparent_socket("127.0.0.1:0".parse().unwrap(), SockType::Stream).unwrap();
+        let listener = std::net::TcpListener::from(fd);
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let name = socket::getsockopt(&accepted, sockopt::TcpCongestion).unwrap();
+        let name = name.to_string_lossy();
+        let name = name.trim_end_matches('\0');
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap();
+        let want = if available.split_whitespace().any(|n| n == "cubic") {
+            "cubic"
+        } else {
+            "reno"
+        };
+        assert_eq!(name, want, "available: {available}");
     }
 
     #[test]
