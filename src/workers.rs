@@ -174,7 +174,7 @@ impl Workers {
     /// daemon with a busy thread on every core would starve the programs whose requests it waits for.
     /// Bulk connections may use a thread per core: the peers of a 1 MiB download leave a core idle about
     /// an eighth of the time, which a second daemon thread fills (measured on 2 cores: 1 MiB bodies
-    /// 0.48x -> 0.52x of direct), while small requests are cheapest batched on one thread.
+    /// 0.47-0.48x -> 0.50-0.51x of direct), while small requests are cheapest batched on one thread.
     pub fn start() -> io::Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let placed = cores.div_ceil(2);
