@@ -7,9 +7,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
 
 use crate::lifecycle::Sandbox;
@@ -36,16 +37,20 @@ pub enum Verdict {
     Error,
 }
 
+/// The fields a connection's records share are reference-counted: a connection with many requests
+/// clones one record per request, and it takes no allocation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub time: String,
-    pub sandbox: String,
+    /// When it ended, written out (RFC 3339, milliseconds) by the log's thread, not the proxy's.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    pub sandbox: Arc<str>,
     pub uid: u32,
-    pub profile: String,
+    pub profile: Arc<str>,
     pub kind: Kind,
-    pub destination: String,
+    pub destination: Arc<str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sni: Option<String>,
+    pub sni: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,7 +60,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub integration: Option<String>,
+    pub integration: Option<Arc<str>>,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
@@ -67,12 +72,12 @@ pub struct Record {
 impl Record {
     pub fn new(sandbox: &Sandbox, kind: Kind, destination: SocketAddr) -> Record {
         Record {
-            time: String::new(),
-            sandbox: sandbox.id.clone(),
+            time: SystemTime::UNIX_EPOCH,
+            sandbox: sandbox.id.as_str().into(),
             uid: sandbox.caller.uid,
-            profile: sandbox.profile.name.clone(),
+            profile: sandbox.profile.name.as_str().into(),
             kind,
-            destination: destination.to_string(),
+            destination: destination.to_string().into(),
             sni: None,
             method: None,
             host: None,
@@ -89,11 +94,15 @@ impl Record {
 
     /// Stamps the end of the connection: the time written is when it ended, the duration since `started`.
     pub fn finish(&mut self, verdict: Verdict, error: Option<String>, started: Instant) {
-        self.time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.time = SystemTime::now();
         self.duration_ms = started.elapsed().as_millis() as u64;
         self.verdict = verdict;
         self.error = error;
     }
+}
+
+fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
 #[derive(Clone)]
@@ -160,5 +169,39 @@ impl Audit {
         if self.queue.try_send(record).is_err() {
             tracing::error!("audit queue full; a record was lost");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn a_record_is_one_json_object_that_begins_with_its_end_time() {
+        let record = Record {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            sandbox: "sbx-1".into(),
+            uid: 1000,
+            profile: "default".into(),
+            kind: Kind::TlsPassthrough,
+            destination: "10.0.0.3:443".into(),
+            sni: Some("api.example.com".into()),
+            method: None,
+            host: None,
+            path: None,
+            status: None,
+            integration: None,
+            bytes_up: 1,
+            bytes_down: 2,
+            duration_ms: 3,
+            verdict: Verdict::Passed,
+            error: None,
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            line,
+            r#"{"time":"2023-11-14T22:13:20.123Z","sandbox":"sbx-1","uid":1000,"profile":"default","kind":"tls-passthrough","destination":"10.0.0.3:443","sni":"api.example.com","bytes_up":1,"bytes_down":2,"duration_ms":3,"verdict":"passed"}"#
+        );
     }
 }

@@ -2024,7 +2024,7 @@ mod tests {
             port: 443,
             injected,
             record: Record {
-                time: String::new(),
+                time: std::time::SystemTime::UNIX_EPOCH,
                 sandbox: "t1".into(),
                 uid: 1000,
                 profile: "default".into(),

@@ -43,6 +43,8 @@ const BULK_RESPONSE_BYTES: u64 = 256 * 1024;
 
 /// One intercepted TLS connection: who it belongs to and what it may carry.
 struct Intercept {
+    /// Each request's audit record starts as a copy of this.
+    record: Record,
     audit: Audit,
     daemon: Arc<Daemon>,
     sandbox: Arc<Sandbox>,
@@ -72,9 +74,7 @@ fn relay_scope(
     sni: String,
     integration: &Integration,
 ) -> http2_relay::Scope {
-    let mut record = Record::new(sandbox, Kind::Https, destination);
-    record.sni = Some(sni.clone());
-    record.integration = Some(integration.name.clone());
+    let record = connection_record(sandbox, destination, &sni, integration);
     let injected = injected_fields(integration, &sandbox.secrets);
     let audit = daemon.audit.clone();
     let sandbox = sandbox.clone();
@@ -88,6 +88,19 @@ fn relay_scope(
             audit.log_now(record);
         }),
     }
+}
+
+/// What the audit records of this connection's requests have in common.
+fn connection_record(
+    sandbox: &Sandbox,
+    destination: SocketAddr,
+    sni: &str,
+    integration: &Integration,
+) -> Record {
+    let mut record = Record::new(sandbox, Kind::Https, destination);
+    record.sni = Some(sni.into());
+    record.integration = Some(integration.name.as_str().into());
+    record
 }
 
 /// The integration's headers as one HPACK block of never-indexed fields, with their names.
@@ -146,6 +159,7 @@ pub async fn serve(
     }
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let intercept = Arc::new(Intercept {
+        record: connection_record(&sandbox, destination, &sni, &integration),
         audit: daemon.audit.clone(),
         daemon,
         sandbox,
@@ -362,11 +376,9 @@ impl Intercept {
     async fn proxy(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let in_flight = InFlight::start();
         let started = Instant::now();
-        let mut record = Record::new(&self.sandbox, Kind::Https, self.destination);
-        record.sni = Some(self.sni.clone());
+        let mut record = self.record.clone();
         record.method = Some(request.method().to_string());
         record.path = Some(request.uri().path().to_string());
-        record.integration = Some(self.integration.name.clone());
         let host = request_host(&request);
         record.host = host.clone();
 

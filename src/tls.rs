@@ -114,12 +114,12 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         }
         Route::Passthrough => {
             let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
-            record.sni = sni;
+            record.sni = sni.map(Into::into);
             tproxy::splice(&daemon, &sandbox, client, destination, record, started).await;
         }
         Route::Deny(reason) => {
             let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
-            record.sni = sni;
+            record.sni = sni.map(Into::into);
             record.finish(Verdict::Denied, Some(reason), started);
             daemon.audit.log(record).await;
             tproxy::reset(client);
