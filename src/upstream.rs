@@ -394,7 +394,9 @@ impl Upstreams {
                 Checkout::Pooled(connection) => connection,
                 Checkout::Connect(connector, server_name) => {
                     reused = false;
-                    let connection = connect(destination, connector, server_name).await?;
+                    // Boxed: dialling is rare, and its state would otherwise make every request's
+                    // future (allocated per request by hyper's service call) several KiB larger.
+                    let connection = Box::pin(connect(destination, connector, server_name)).await?;
                     self.keep(&key, generation, &connection);
                     connection
                 }
