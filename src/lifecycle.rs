@@ -330,7 +330,7 @@ impl Daemon {
         };
         tracing::info!(
             id = %sandbox.id, user = %caller.user, uid = caller.uid, profile = %sandbox.profile.name,
-            pid = sandbox.pid, %command, setup_ms = started.elapsed().as_secs_f64() * 1000.0,
+            pid = sandbox.pid, %command, setup_ms = started.elapsed().as_micros() as f64 / 1000.0,
             "sandbox started"
         );
         let _ = control::send(
