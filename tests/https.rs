@@ -1001,6 +1001,104 @@ fn large_upload_and_download_stream_whole() {
     d.finish();
 }
 
+/// Resident memory of `pid` now (VmRSS), after resetting its peak (VmHWM) to it.
+fn reset_peak_rss(pid: i32) -> u64 {
+    fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line[field.len()..]
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap()
+}
+
+/// Point 6: bodies stream in bounded memory. A GiB goes each way, over HTTP/1.1 (a chunked upload) and
+/// HTTP/2, and the daemon's resident memory never peaks more than `BOUND_MIB` above where it started: a
+/// proxy that held a whole body, or fell behind and queued it, would need about a GiB. The bound is the
+/// upstream receive windows the daemon grants (`upstream::HTTP2_CONNECTION_WINDOW`, 5 MiB) with room for
+/// TLS and hyper's buffers and the allocator's slack.
+#[test]
+fn a_gibibyte_each_way_passes_in_bounded_memory() {
+    if skip_unless_privileged() {
+        return;
+    }
+    const GIB: u64 = 1 << 30;
+    const BOUND_MIB: u64 = 32;
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let pid = d.pid().as_raw();
+    for flag in ["--http1.1", "--http2"] {
+        let start_kib = reset_peak_rss(pid);
+        let tag = format!("c=gib-down{flag}");
+        let o = d
+            .exec(&user)
+            .args([
+                "curl",
+                "-sS",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "240",
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "size=%{size_download} status=%{http_code}\\n",
+                &format!("https://{API_HOST}/big?mib=1024&{tag}"),
+            ])
+            .timeout(std::time::Duration::from_secs(250))
+            .run();
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains(&format!("size={GIB} status=200")),
+            "{flag}: {}",
+            describe(&o)
+        );
+        assert_injected(&up, &tagged(&up, &tag)[0]);
+
+        let tag = format!("c=gib-up{flag}");
+        let o = d
+            .exec(&user)
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "head -c {GIB} /dev/zero | curl -sS --noproxy '*' --max-time 240 {flag} -T - \
+                     -X POST -w 'status=%{{http_code}}\\n' 'https://{API_HOST}/upload?{tag}'"
+                ),
+            ])
+            .timeout(std::time::Duration::from_secs(250))
+            .run();
+        assert_code(&o, 0);
+        assert!(
+            stdout(&o).contains(&format!("received {GIB}\nstatus=200")),
+            "{flag}: {}",
+            describe(&o)
+        );
+        let seen = tagged(&up, &tag);
+        assert_eq!(seen[0].body_len, GIB, "{flag}");
+        assert_injected(&up, &seen[0]);
+
+        let peak_kib = status_kib(pid, "VmHWM:");
+        let grew_mib = peak_kib.saturating_sub(start_kib) / 1024;
+        eprintln!(
+            "{flag}: daemon resident {start_kib} KiB, peak {peak_kib} KiB over 2 GiB relayed"
+        );
+        assert!(
+            grew_mib < BOUND_MIB,
+            "{flag}: the daemon's memory peaked {grew_mib} MiB above its {start_kib} KiB while relaying"
+        );
+    }
+    d.finish();
+}
+
 /// Test 6 (invariant 2): a server at the destination whose certificate for api.test comes from a
 /// CA the daemon does not trust (reached with --resolve: a /etc/hosts or DNS trick) gets nothing;
 /// the client gets 502 with a text body naming the certificate problem.

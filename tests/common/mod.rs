@@ -1404,6 +1404,12 @@ impl Exec {
         self
     }
 
+    /// How long [`Exec::run`] waits for the client before it kills it and fails.
+    pub fn timeout(mut self, limit: Duration) -> Exec {
+        self.timeout = limit;
+        self
+    }
+
     /// The client command line without stdio: `sandbox exec --socket S [--profile P] -- ARGS`.
     pub fn command(&self) -> Command {
         let mut cmd = caller_command(&self.caller, bin(), &self.cwd, &self.run_tag);
