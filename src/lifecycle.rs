@@ -732,11 +732,16 @@ impl Daemon {
                 )
             })
             .collect();
+        // The client sends each file under its path as the variable spells it; the plan asks by the
+        // normalized path (`/a//./b` is `/a/b`).
         let caller_file = |path: &std::path::Path| {
             request
                 .ca_files
                 .iter()
-                .find(|(sent, _)| sent.0 == path.as_os_str().as_encoded_bytes())
+                .find(|(sent, _)| {
+                    crate::trust::caller_path(&String::from_utf8_lossy(&sent.0)).as_deref()
+                        == Some(path)
+                })
                 .map(|(_, content)| content.0.clone())
         };
         // Only which distribution bundles exist matters here: the keeper appends the CA to their content.

@@ -302,7 +302,7 @@ fn is_pem_bundle(content: &[u8]) -> bool {
 /// The caller's path, normalized, if the lifecycle may mount over it: absolute (a relative one
 /// depends on a working directory the mount cannot follow), without `..` (which could climb
 /// anywhere), and not in the kernel's file systems, whose files are not the caller's to shadow.
-fn caller_path(value: &str) -> Option<PathBuf> {
+pub fn caller_path(value: &str) -> Option<PathBuf> {
     let path = Path::new(value);
     if !path.is_absolute() {
         return None;

@@ -1686,6 +1686,66 @@ fn each_sandbox_has_its_own_ca_and_the_host_bundle_is_untouched() {
     d.finish();
 }
 
+/// Point 2: a CA bundle the caller's environment names, however its path is spelled, is what the
+/// sandbox sees there, with the sandbox's CA added: curl told to trust only that file (a CA that has
+/// nothing to do with the sandbox) reaches the intercepted host, and the file outside is unchanged.
+/// Variables the caller left unset point at the distribution bundle, except those that would override a
+/// tool's own configuration (GIT_SSL_CAINFO).
+#[test]
+fn a_ca_bundle_the_caller_names_gets_the_sandbox_ca_added() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let own = d.work.join("own-ca.pem");
+    fs::copy(&up.other_ca_pem, &own).unwrap();
+    let before = fs::read(&own).unwrap();
+    let own_count = String::from_utf8_lossy(&before)
+        .matches("BEGIN CERTIFICATE")
+        .count();
+    for spelled in [
+        own.display().to_string(),
+        format!("{}//./own-ca.pem", d.work.path().display()),
+    ] {
+        let o = d
+            .exec(&user)
+            .env("CURL_CA_BUNDLE", &spelled)
+            .args([
+                "sh",
+                "-c",
+                &format!(
+                    "echo \"curl=$CURL_CA_BUNDLE ssl=$SSL_CERT_FILE git=${{GIT_SSL_CAINFO-unset}}\"; \
+                     echo \"count=$(grep -c 'BEGIN CERTIFICATE' \"$CURL_CA_BUNDLE\")\"; \
+                     curl -sS --noproxy '*' --max-time 10 -o /dev/null -w 'status=%{{http_code}}\\n' \
+                     'https://{API_HOST}/echo?c=own-bundle'"
+                ),
+            ])
+            .run();
+        let out = stdout(&o);
+        assert!(
+            out.contains(&format!(
+                "curl={spelled} ssl=/etc/ssl/certs/ca-certificates.crt git=unset"
+            )),
+            "{spelled}: {}",
+            describe(&o)
+        );
+        assert!(
+            out.contains(&format!("count={}", own_count + 1)),
+            "{spelled}: the caller's bundle should hold its own CA plus the sandbox's: {}",
+            describe(&o)
+        );
+        assert!(out.contains("status=200"), "{spelled}: {}", describe(&o));
+    }
+    assert!(
+        fs::read(&own).unwrap() == before,
+        "the caller's file changed outside the sandbox"
+    );
+    d.finish();
+}
+
 /// Java reads no PEM bundle: inside a sandbox its trust store (the distribution's keystore) holds the
 /// sandbox's CA, so java.net.http reaches an integration unmodified, over HTTP/2, with the secret
 /// injected. keytool opens the store with Java's default password, which checks its seal; the host's
