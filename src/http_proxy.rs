@@ -129,19 +129,31 @@ pub async fn serve(
     sni: String,
     integration: Integration,
 ) {
+    let started = Instant::now();
     let acceptor = tokio_rustls::TlsAcceptor::from(sandbox.ca.server_config());
-    let tls = match tokio::time::timeout(
+    let handshake = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         acceptor.accept(MovableStream::Registered(client)),
     )
     .await
     {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(id = %sandbox.id, %sni, %error, "TLS handshake with the sandbox failed");
+        Ok(Ok(tls)) => Ok(tls),
+        // Most often the client does not trust the sandbox's CA (a store of its own, or a pinned key):
+        // the operator should see that rather than a connection that never made a request.
+        Ok(Err(error)) => Err(format!("TLS handshake with the client failed: {error}")),
+        Err(_) => Err(format!(
+            "the client did not finish its TLS handshake within {} s",
+            HANDSHAKE_TIMEOUT.as_secs()
+        )),
+    };
+    let tls = match handshake {
+        Ok(tls) => tls,
+        Err(error) => {
+            let mut record = connection_record(&sandbox, destination, &sni, &integration);
+            record.finish(Verdict::Error, Some(error), started);
+            daemon.audit.log(record).await;
             return;
         }
-        Err(_) => return,
     };
     // An HTTP/2 client gets an upstream connection of its own, and its frames are relayed; when that
     // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here.
@@ -382,7 +394,12 @@ impl Intercept {
         let host = request_host(&request);
         record.host = host.clone();
 
-        if let Some(refusal) = self.refusal(&request, host.as_deref()) {
+        if let Some(refusal) = refusal(
+            &request,
+            host.as_deref(),
+            &self.sni,
+            self.destination.port(),
+        ) {
             let (status, message) = refusal;
             record.status = Some(status.as_u16());
             record.finish(Verdict::Denied, Some(message.clone()), started);
@@ -526,51 +543,75 @@ impl Intercept {
             Metered::new(body, received, Some(Box::new(finished))).boxed(),
         )
     }
+}
 
-    /// Why this request must not be sent with the secret, if so.
-    fn refusal(
-        &self,
-        request: &Request<Incoming>,
-        host: Option<&str>,
-    ) -> Option<(StatusCode, String)> {
-        let sni = &self.sni;
-        match host {
-            Some(host) if host_matches(host, sni, self.destination.port()) => {}
-            Some(host) => {
-                return Some((
-                    StatusCode::MISDIRECTED_REQUEST,
-                    format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
-                ))
-            }
-            None => return Some((StatusCode::BAD_REQUEST, "sandbox: the request names no host".into())),
-        }
-        if request.method() == Method::TRACE || request.method() == Method::CONNECT {
-            return Some((
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("sandbox: {} is not allowed to {sni} (it could reveal the injected credentials)", request.method()),
-            ));
-        }
-        let h2c = request
-            .headers()
-            .get_all(header::UPGRADE)
-            .iter()
-            .any(|value| {
-                value
-                    .to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
-            });
-        if h2c || request.headers().contains_key("http2-settings") {
+/// Why a request for `host` on a connection for `sni` (port `port`) must not be sent with the secret,
+/// if so. Every name the request gives must be the TLS server name: an HTTP/2 request whose Host header
+/// differs from its :authority is malformed (RFC 9113, 8.3.1), and which of the two an upstream would
+/// follow is its own choice.
+fn refusal<B>(
+    request: &Request<B>,
+    host: Option<&str>,
+    sni: &str,
+    port: u16,
+) -> Option<(StatusCode, String)> {
+    let misdirected = |host: &str| {
+        Some((
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
+        ))
+    };
+    match host {
+        Some(host) if host_matches(host, sni, port) => {}
+        Some(host) => return misdirected(host),
+        None => {
             return Some((
                 StatusCode::BAD_REQUEST,
-                "sandbox: Upgrade: h2c is not allowed".into(),
-            ));
+                "sandbox: the request names no host".into(),
+            ))
         }
-        None
     }
+    for value in request.headers().get_all(header::HOST) {
+        match value.to_str() {
+            Ok(other) if host_matches(other, sni, port) => {}
+            Ok(other) => return misdirected(other),
+            Err(_) => {
+                return Some((
+                    StatusCode::BAD_REQUEST,
+                    "sandbox: the Host header is not text".into(),
+                ))
+            }
+        }
+    }
+    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
+        return Some((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "sandbox: {} is not allowed to {sni} (it could reveal the injected credentials)",
+                request.method()
+            ),
+        ));
+    }
+    let h2c = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|value| {
+            value
+                .to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
+        });
+    if h2c || request.headers().contains_key("http2-settings") {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            "sandbox: Upgrade: h2c is not allowed".into(),
+        ));
+    }
+    None
 }
 
 /// The host the request is for: the HTTP/2 :authority or absolute-form target, else the Host header.
-fn request_host(request: &Request<Incoming>) -> Option<String> {
+fn request_host<B>(request: &Request<B>) -> Option<String> {
     if let Some(authority) = request.uri().authority() {
         return Some(authority.as_str().to_ascii_lowercase());
     }
@@ -868,6 +909,51 @@ mod tests {
         ));
         assert!(!host_matches("api.example.com:x", "api.example.com", 443));
         assert!(!host_matches("[::1]:443", "api.example.com", 443));
+    }
+
+    #[test]
+    fn every_name_a_request_gives_must_be_the_sni() {
+        let refused = |uri: &str, method: &str, headers: &[(&str, &str)]| {
+            let mut builder = Request::builder().method(method).uri(uri);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            let request = builder.body(()).unwrap();
+            let host = request_host(&request);
+            refusal(&request, host.as_deref(), "api.test", 443).map(|(status, _)| status)
+        };
+        assert_eq!(refused("https://api.test/x", "GET", &[]), None);
+        assert_eq!(
+            refused("/x", "GET", &[("host", "api.test:443")]),
+            None,
+            "HTTP/1.1 names the host only in Host"
+        );
+        assert_eq!(
+            refused("https://api.test/x", "GET", &[("host", "api.test")]),
+            None
+        );
+        assert_eq!(
+            refused("https://api.test/x", "GET", &[("host", "evil.test")]),
+            Some(StatusCode::MISDIRECTED_REQUEST),
+            ":authority is the SNI, Host is not"
+        );
+        assert_eq!(
+            refused("/x", "GET", &[("host", "api.test"), ("host", "evil.test")]),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
+        assert_eq!(
+            refused("https://evil.test/x", "GET", &[("host", "api.test")]),
+            Some(StatusCode::MISDIRECTED_REQUEST)
+        );
+        assert_eq!(refused("/x", "GET", &[]), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            refused("https://api.test/x", "TRACE", &[]),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
+        assert_eq!(
+            refused("https://api.test/x", "GET", &[("upgrade", "h2c")]),
+            Some(StatusCode::BAD_REQUEST)
+        );
     }
 
     #[test]

@@ -1557,12 +1557,25 @@ fn audit_records_requests_and_never_a_secret() {
     .map(|c| c.join(" ").replace('&', "\\&").replace('*', "'*'"))
     .collect::<Vec<_>>()
     .join(" && ");
-    let o = d.exec(&user).args(["sh", "-c", &script]).run();
+    // A client that does not trust the sandbox's CA gives up during the handshake: no request, but a line.
+    let untrusting = format!(
+        "curl -sS --noproxy '*' --max-time 10 --cacert {} https://{API_HOST}/echo?c=audit-untrusting; \
+         test $? -eq 60",
+        up.other_ca_pem.display()
+    );
+    let o = d
+        .exec(&user)
+        .args(["sh", "-c", &format!("{script} && {untrusting}")])
+        .run();
     assert_code(&o, 0);
     assert_eq!(tagged(&up, "c=audit").len(), 3);
+    assert!(tagged(&up, "c=audit-untrusting").is_empty());
 
-    let lines = audit_wait(&d, 3, |l| l["kind"] == "https");
-    let api: Vec<&Value> = lines.iter().filter(|l| l["host"] == API_HOST).collect();
+    let lines = audit_wait(&d, 4, |l| l["kind"] == "https");
+    let api: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["host"] == API_HOST && l["verdict"] == "injected")
+        .collect();
     assert_eq!(api.len(), 2, "{lines:?}");
     let mut methods: Vec<&str> = api.iter().filter_map(|l| l["method"].as_str()).collect();
     methods.sort();
@@ -1571,10 +1584,27 @@ fn audit_records_requests_and_never_a_secret() {
         assert_eq!(l["path"], "/echo", "no query string: {l}");
         assert_eq!(l["status"], 200, "{l}");
         assert_eq!(l["integration"], "api", "{l}");
-        assert_eq!(l["verdict"], "injected", "{l}");
         assert_eq!(l["sni"], API_HOST, "{l}");
         assert_eq!(l["profile"], "default", "{l}");
+        assert_eq!(l["uid"], user.uid, "{l}");
+        let good = [format!("{}:443", up.good4), format!("[{}]:443", up.good6)];
+        assert!(good.iter().any(|d| l["destination"] == *d), "{l}");
+        assert!(l["bytes_down"].as_u64().unwrap() > 0, "{l}");
+        assert!(l["duration_ms"].is_u64(), "{l}");
+        assert!(l["time"].is_string(), "{l}");
     }
+    let post = api.iter().find(|l| l["method"] == "POST").unwrap();
+    assert_eq!(post["bytes_up"], "payload".len(), "{post}");
+    let refused: Vec<&Value> = lines.iter().filter(|l| l["verdict"] == "error").collect();
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    assert_eq!(refused[0]["sni"], API_HOST, "{}", refused[0]);
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake with the client failed")),
+        "{}",
+        refused[0]
+    );
     let basic: Vec<&Value> = lines.iter().filter(|l| l["host"] == BASIC_HOST).collect();
     assert_eq!(basic.len(), 1, "{lines:?}");
     assert_eq!(basic[0]["integration"], "basic");
