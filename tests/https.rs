@@ -1099,11 +1099,89 @@ fn a_gibibyte_each_way_passes_in_bounded_memory() {
     d.finish();
 }
 
-/// Test 6 (invariant 2): a server at the destination whose certificate for api.test comes from a
-/// CA the daemon does not trust (reached with --resolve: a /etc/hosts or DNS trick) gets nothing;
-/// the client gets 502 with a text body naming the certificate problem.
+/// Test 6 (invariant 2): a server at the destination whose certificate for the name comes from a CA
+/// the daemon does not trust, or from the trusted CA but for other names (reached with --resolve: a
+/// /etc/hosts or DNS trick), gets nothing, whether the client speaks HTTP/1.1 or HTTP/2; the client gets
+/// 502 with a plain-text body naming the certificate problem.
 #[test]
-fn upstream_with_an_untrusted_certificate_gets_nothing() {
+fn upstream_without_a_valid_certificate_for_the_name_gets_nothing() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    // A name of an integration that the good server's certificate (from the trusted test CA) lacks.
+    let d = up
+        .configure(net.daemon())
+        .extra_toml(&format!(
+            r#"
+[[integration]]
+name = "nocert"
+hosts = ["{NOCERT_HOST}"]
+headers = {{ "X-Api-Key" = "${{secret:t}}" }}
+
+[[profile]]
+name = "nocert"
+users = ["*"]
+integrations = ["nocert"]
+"#
+        ))
+        .start();
+    let user = test_user();
+    let cases = [
+        (API_HOST, up.evil4.to_string(), "evil4"),
+        (API_HOST, format!("[{}]", up.evil6), "evil6"),
+        (NOCERT_HOST, up.good4.to_string(), "wrong-name"),
+    ];
+    for (host, addr, case) in cases {
+        for flag in ["--http1.1", "--http2"] {
+            let tag = format!("c={case}{flag}");
+            let o = d
+                .exec(&user)
+                .profile(if host == NOCERT_HOST {
+                    "nocert"
+                } else {
+                    "default"
+                })
+                .args(curl([
+                    flag,
+                    "--resolve",
+                    &format!("{host}:443:{addr}"),
+                    "-H",
+                    "Authorization: stolen",
+                    "-w",
+                    &format!("\\ncontent-type=%{{content_type}}{STATUS_FMT}"),
+                    &format!("https://{host}/echo?{tag}"),
+                ]))
+                .run();
+            assert_code(&o, 0);
+            assert_eq!(status_of(&o).0, 502, "{tag}: {}", describe(&o));
+            let body = stdout(&o).to_lowercase();
+            assert!(
+                body.contains("certificate") && body.contains(host),
+                "{tag}: the 502 body should name the certificate problem: {}",
+                describe(&o)
+            );
+            assert!(
+                body.contains("content-type=text/plain"),
+                "{tag}: {}",
+                describe(&o)
+            );
+            assert_no_secret(&up, "the 502 response", &stdout(&o));
+        }
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    let lines = audit_wait(&d, 6, |l| l["kind"] == "https" && l["status"] == 502);
+    for l in &lines {
+        assert_eq!(l["verdict"], "denied", "{l}");
+    }
+    d.finish();
+}
+
+/// Point 5: an upstream that cannot be reached (nothing listens on the destination's port 443) gets the
+/// client a 502 that says so, over HTTP/1.1 and HTTP/2, and an audit line with verdict error.
+#[test]
+fn an_unreachable_upstream_gets_502() {
     if skip_unless_privileged() {
         return;
     }
@@ -1111,43 +1189,41 @@ fn upstream_with_an_untrusted_certificate_gets_nothing() {
     let up = TlsUpstream::new(&net);
     let d = up.configure(net.daemon()).start();
     let user = test_user();
-    for (addr, tag) in [
-        (up.evil4.to_string(), "c=evil4"),
-        (format!("[{}]", up.evil6), "c=evil6"),
-    ] {
+    // An address of U's where nothing listens: the connection is refused at once.
+    let [a, b, c, _] = net.u4.octets();
+    let closed = std::net::Ipv4Addr::new(a, b, c, 9);
+    ip(
+        &net.u,
+        &["addr", "add", &format!("{closed}/32"), "dev", "eth0"],
+    );
+    for flag in ["--http1.1", "--http2"] {
         let o = d
             .exec(&user)
             .args(curl([
+                flag,
                 "--resolve",
-                &format!("{API_HOST}:443:{addr}"),
-                "-H",
-                "Authorization: stolen",
+                &format!("{API_HOST}:443:{closed}"),
                 "-w",
                 STATUS_FMT,
-                &format!("https://{API_HOST}/echo?{tag}"),
+                &format!("https://{API_HOST}/echo?c=closed{flag}"),
             ]))
             .run();
         assert_code(&o, 0);
-        assert_eq!(status_of(&o).0, 502, "{}", describe(&o));
-        let body = stdout(&o).to_lowercase();
+        assert_eq!(status_of(&o).0, 502, "{flag}: {}", describe(&o));
         assert!(
-            body.contains("certificate") && body.contains(API_HOST),
-            "the 502 body should name the certificate problem: {}",
+            stdout(&o).contains(&format!("upstream {API_HOST} at {closed}:443 failed")),
+            "{flag}: {}",
             describe(&o)
         );
-        assert_no_secret(&up, "the 502 response", &stdout(&o));
     }
-    assert_eq!(
-        up.requests_to(Server::Evil).len(),
-        0,
-        "the impostor received requests: {:?}",
-        up.requests_to(Server::Evil)
-    );
-    assert!(up.requests().is_empty(), "{:?}", up.requests());
     let lines = audit_wait(&d, 2, |l| l["kind"] == "https" && l["status"] == 502);
     for l in &lines {
-        assert_eq!(l["verdict"], "denied", "{l}");
-        assert_eq!(l["integration"], "api", "{l}");
+        assert_eq!(l["verdict"], "error", "{l}");
+        assert_eq!(l["destination"], format!("{closed}:443"), "{l}");
+        assert!(
+            l["error"].as_str().is_some_and(|e| e.contains("refused")),
+            "{l}"
+        );
     }
     d.finish();
 }

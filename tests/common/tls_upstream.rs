@@ -54,6 +54,8 @@ pub const ALLOWED_HOST: &str = "allowed.test";
 pub const OTHER_HOST: &str = "other.test";
 /// Resolves to the impostor.
 pub const EVIL_HOST: &str = "evil.test";
+/// For an integration a test adds: no certificate of either server covers it.
+pub const NOCERT_HOST: &str = "nocert.test";
 /// Also in integration `api`; served by a good server that speaks only HTTP/1.1.
 pub const H1_HOST: &str = "h1.test";
 pub const GOOD_NAMES: &[&str] = &[
