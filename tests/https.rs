@@ -214,6 +214,10 @@ fn upstream_connections_are_pooled_and_reused() {
             ));
         }
     }
+    // Another name at the same address, also intercepted: never over a connection verified for api.test.
+    script.push_str(&format!(
+        "curl -sS --noproxy '*' --max-time 10 --http1.1 -o /dev/null -w '%{{http_code}}\\n' 'https://{BASIC_HOST}/echo?p=f1&quiet' || exit 1\n"
+    ));
     // One HTTP/2 client connection with three requests, the upstream going away after the second.
     script.push_str(&format!(
         "curl -sS --noproxy '*' --max-time 10 --http2 -o /dev/null -o /dev/null -o /dev/null -w '%{{http_code}}\\n' \
@@ -223,7 +227,7 @@ fn upstream_connections_are_pooled_and_reused() {
     assert_code(&o, 0);
     assert_eq!(
         stdout(&o).lines().collect::<Vec<_>>(),
-        vec!["200"; 21],
+        vec!["200"; 22],
         "{}",
         describe(&o)
     );
@@ -239,6 +243,13 @@ fn upstream_connections_are_pooled_and_reused() {
         assert_eq!(number, a1, "{tag} shared the HTTP/2 connection");
         assert_eq!(version, "HTTP/2.0", "{tag}");
     }
+    let basic = tagged(&up, "p=f1");
+    assert_eq!(basic.len(), 1);
+    assert_eq!(basic[0].host.as_deref(), Some(BASIC_HOST));
+    assert_ne!(
+        basic[0].connection, a1,
+        "a pool is keyed by destination and verified name: {BASIC_HOST} took {API_HOST}'s connection"
+    );
     // An HTTP/2 client's connection is relayed over an upstream connection of its own, which carries all of
     // its requests. The upstream's GOAWAY once it has answered e2 reaches the client, which then sends e3 on
     // a new connection (or on the old one, if hyper sent GOAWAY only when e3 arrived, and served it).
