@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 const MAX_HTTP2_STREAMS: u32 = 128;
+/// An HTTP/2 client connection with no request open for this long is closed (GOAWAY), as the relay does.
+const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response at least this large marks its client connection as one that moves bulk data.
 const BULK_RESPONSE_BYTES: u64 = 256 * 1024;
 
@@ -63,6 +65,51 @@ struct Intercept {
     /// Set once a request asked for the connection to end after its response: such a connection is not
     /// moved (it would wait on the other worker for a request that never comes).
     closing: AtomicBool,
+    /// HTTP/2 clients only: their requests open now, which tell when the connection is idle.
+    open: Option<Arc<OpenRequests>>,
+}
+
+/// How many requests an HTTP/2 client connection has open, and since when it has had none. hyper's server
+/// closes an HTTP/2 connection only when the client goes, or stops answering pings.
+struct OpenRequests {
+    count: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+/// One open request, from its head until its response ends.
+struct OpenRequest(Arc<OpenRequests>);
+
+impl OpenRequests {
+    fn new() -> Arc<OpenRequests> {
+        Arc::new(OpenRequests {
+            count: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> OpenRequest {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(self.clone())
+    }
+
+    /// When the connection will have been idle for `HTTP2_IDLE_TIMEOUT`; None while a request is open.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.count.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().ok()?;
+        Some(since + HTTP2_IDLE_TIMEOUT)
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
+            if let Ok(mut since) = self.0.idle_since.lock() {
+                *since = Instant::now();
+            }
+        }
+    }
 }
 
 /// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
@@ -170,6 +217,7 @@ pub async fn serve(
         }
     }
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let open = OpenRequests::new();
     let intercept = Arc::new(Intercept {
         record: connection_record(&sandbox, destination, &sni, &integration),
         audit: daemon.audit.clone(),
@@ -182,9 +230,10 @@ pub async fn serve(
         bulk: Arc::new(AtomicBool::new(false)),
         upgraded: Mutex::new(None),
         closing: AtomicBool::new(false),
+        open: http2.then(|| open.clone()),
     });
     if http2 {
-        serve_http2(tls, intercept).await;
+        serve_http2(tls, intercept, open).await;
     } else {
         // HTTP/2 over TLS is chosen with ALPN only (RFC 9113, 3.3).
         serve_http1(Prefixed::new(tls), intercept, None).await;
@@ -212,14 +261,31 @@ fn service(
     })
 }
 
-async fn serve_http2(tls: ClientStream, intercept: Arc<Intercept>) {
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+async fn serve_http2(tls: ClientStream, intercept: Arc<Intercept>, open: Arc<OpenRequests>) {
+    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_HTTP2_STREAMS)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .serve_connection(TokioIo::new(tls), service(intercept))
-        .await;
+        .serve_connection(TokioIo::new(tls), service(intercept));
+    tokio::pin!(connection);
+    let served = loop {
+        let check = open
+            .idle_deadline()
+            .unwrap_or_else(|| Instant::now() + HTTP2_IDLE_TIMEOUT);
+        tokio::select! {
+            served = connection.as_mut() => break served,
+            () = tokio::time::sleep_until(check.into()) => {
+                if open.idle_deadline().is_some_and(|deadline| deadline <= Instant::now()) {
+                    // GOAWAY, then the connection ends; bounded, for a client that reads nothing more.
+                    connection.as_mut().graceful_shutdown();
+                    break tokio::time::timeout(HANDSHAKE_TIMEOUT, connection.as_mut())
+                        .await
+                        .unwrap_or(Ok(()));
+                }
+            }
+        }
+    };
     if let Err(error) = served {
         tracing::debug!(%error, "intercepted connection ended with an error");
     }
@@ -387,6 +453,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 impl Intercept {
     async fn proxy(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let in_flight = InFlight::start();
+        let open = self.open.as_ref().map(OpenRequests::enter);
         let started = Instant::now();
         let mut record = self.record.clone();
         record.method = Some(request.method().to_string());
@@ -520,6 +587,7 @@ impl Intercept {
             let bulk = self.bulk.clone();
             move |error: Option<String>| {
                 drop(in_flight);
+                drop(open);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 if record.bytes_down >= BULK_RESPONSE_BYTES {

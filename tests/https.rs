@@ -1994,6 +1994,67 @@ fn sighup_rotates_a_file_secret_without_cutting_running_connections() {
     d.finish();
 }
 
+/// Point 9: an HTTP/2 client connection that keeps no request open is closed with GOAWAY after 60 s,
+/// both where it is relayed (api.test) and where the daemon serves it (h1.test, HTTP/1.1 only upstream),
+/// although the client answers every ping. Node's client says when the GOAWAY came.
+#[test]
+fn idle_http2_connections_are_closed() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let js = format!(
+        r#"
+const http2 = require('http2');
+for (const host of ['{API_HOST}', '{H1_HOST}']) {{
+  const session = http2.connect('https://' + host);
+  let answered;
+  session.on('error', (e) => console.log(host, 'error', e.code));
+  session.on('goaway', (code) => console.log(host, 'goaway', code, Math.round((Date.now() - answered) / 1000)));
+  session.on('close', () => console.log(host, 'closed'));
+  const request = session.request({{ ':path': '/echo?c=idle&quiet' }});
+  request.on('response', (h) => console.log(host, 'status', h[':status']));
+  request.resume();
+  request.on('end', () => {{ answered = Date.now(); }});
+}}
+"#
+    );
+    let o = d
+        .exec(&user)
+        .args(["node", "-e", &js])
+        .timeout(std::time::Duration::from_secs(120))
+        .run();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for host in [API_HOST, H1_HOST] {
+        assert!(
+            out.contains(&format!("{host} status 200")),
+            "{host}: {}",
+            describe(&o)
+        );
+        let idle: u64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{host} goaway 0 ")))
+            .unwrap_or_else(|| panic!("{host}: no GOAWAY: {}", describe(&o)))
+            .parse()
+            .unwrap();
+        assert!(
+            (59..=75).contains(&idle),
+            "{host}: GOAWAY after {idle} s idle, not 60: {}",
+            describe(&o)
+        );
+        assert!(
+            out.contains(&format!("{host} closed")),
+            "{host}: {}",
+            describe(&o)
+        );
+    }
+    d.finish();
+}
+
 /// Invariant 6: clients that stall in the middle of a ClientHello, or send something that is not TLS,
 /// hold only their own connections; another sandbox's requests go on being served.
 #[test]
