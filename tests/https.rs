@@ -1029,7 +1029,8 @@ fn status_kib(pid: i32, field: &str) -> u64 {
 }
 
 /// Point 6: bodies stream in bounded memory. A GiB goes each way, over HTTP/1.1 (a chunked upload) and
-/// HTTP/2, and the daemon's resident memory never peaks more than `BOUND_MIB` above where it started: a
+/// HTTP/2, to an upstream that speaks HTTP/2 and to one that speaks only HTTP/1.1 (so through each of the
+/// daemon's paths), and its resident memory never peaks more than `BOUND_MIB` above where it started: a
 /// proxy that held a whole body, or fell behind and queued it, would need about a GiB. The bound is the
 /// upstream receive windows the daemon grants (`upstream::HTTP2_CONNECTION_WINDOW`, 5 MiB) with room for
 /// TLS and hyper's buffers and the allocator's slack.
@@ -1045,9 +1046,12 @@ fn a_gibibyte_each_way_passes_in_bounded_memory() {
     let d = up.configure(net.daemon()).start();
     let user = test_user();
     let pid = d.pid().as_raw();
-    for flag in ["--http1.1", "--http2"] {
+    let paths = [API_HOST, H1_HOST]
+        .into_iter()
+        .flat_map(|host| ["--http1.1", "--http2"].map(|flag| (host, flag)));
+    for (host, flag) in paths {
         let start_kib = reset_peak_rss(pid);
-        let tag = format!("c=gib-down{flag}");
+        let tag = format!("c=gib-down-{host}{flag}");
         let o = d
             .exec(&user)
             .args([
@@ -1062,19 +1066,19 @@ fn a_gibibyte_each_way_passes_in_bounded_memory() {
                 "/dev/null",
                 "-w",
                 "size=%{size_download} status=%{http_code}\\n",
-                &format!("https://{API_HOST}/big?mib=1024&{tag}"),
+                &format!("https://{host}/big?mib=1024&{tag}"),
             ])
             .timeout(std::time::Duration::from_secs(250))
             .run();
         assert_code(&o, 0);
         assert!(
             stdout(&o).contains(&format!("size={GIB} status=200")),
-            "{flag}: {}",
+            "{host} {flag}: {}",
             describe(&o)
         );
         assert_injected(&up, &tagged(&up, &tag)[0]);
 
-        let tag = format!("c=gib-up{flag}");
+        let tag = format!("c=gib-up-{host}{flag}");
         let o = d
             .exec(&user)
             .args([
@@ -1082,7 +1086,7 @@ fn a_gibibyte_each_way_passes_in_bounded_memory() {
                 "-c",
                 &format!(
                     "head -c {GIB} /dev/zero | curl -sS --noproxy '*' --max-time 240 {flag} -T - \
-                     -X POST -w 'status=%{{http_code}}\\n' 'https://{API_HOST}/upload?{tag}'"
+                     -X POST -w 'status=%{{http_code}}\\n' 'https://{host}/upload?{tag}'"
                 ),
             ])
             .timeout(std::time::Duration::from_secs(250))
@@ -1090,21 +1094,21 @@ fn a_gibibyte_each_way_passes_in_bounded_memory() {
         assert_code(&o, 0);
         assert!(
             stdout(&o).contains(&format!("received {GIB}\nstatus=200")),
-            "{flag}: {}",
+            "{host} {flag}: {}",
             describe(&o)
         );
         let seen = tagged(&up, &tag);
-        assert_eq!(seen[0].body_len, GIB, "{flag}");
+        assert_eq!(seen[0].body_len, GIB, "{host} {flag}");
         assert_injected(&up, &seen[0]);
 
         let peak_kib = status_kib(pid, "VmHWM:");
         let grew_mib = peak_kib.saturating_sub(start_kib) / 1024;
         eprintln!(
-            "{flag}: daemon resident {start_kib} KiB, peak {peak_kib} KiB over 2 GiB relayed"
+            "{host} {flag}: daemon resident {start_kib} KiB, peak {peak_kib} KiB over 2 GiB relayed"
         );
         assert!(
             grew_mib < BOUND_MIB,
-            "{flag}: the daemon's memory peaked {grew_mib} MiB above its {start_kib} KiB while relaying"
+            "{host} {flag}: the daemon's memory peaked {grew_mib} MiB above its {start_kib} KiB while relaying"
         );
     }
     d.finish();
