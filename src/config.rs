@@ -141,6 +141,16 @@ impl Secrets {
     pub fn get(&self, name: &str) -> Option<&SecretValue> {
         self.0.get(name)
     }
+
+    #[cfg(test)]
+    pub(crate) fn of(pairs: &[(&str, &str)]) -> Secrets {
+        Secrets(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), SecretValue::new(value.to_string())))
+                .collect(),
+        )
+    }
 }
 
 /// A secret's value. Its Debug says `<redacted>` and it has no Display, so it cannot be logged

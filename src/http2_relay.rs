@@ -109,8 +109,8 @@ pub struct Scope {
     /// The TLS server name the client asked for, and the port it connected to: every request must name them.
     pub sni: String,
     pub port: u16,
-    /// The integration's headers, HPACK-encoded (never indexed), and their names in lower case; or the
-    /// name of the secret that is missing.
+    /// The integration's headers, HPACK-encoded (never indexed), and their names in lower case; or why
+    /// they cannot be made (a secret that is not loaded).
     pub injected: Result<Injected, String>,
     /// Filled in per request (method, host, path, status, bytes, verdict) and handed to `finished`.
     pub record: Record,
@@ -1590,9 +1590,8 @@ impl Core {
         }
         let injected = match &self.scope.injected {
             Ok(injected) => injected,
-            Err(missing) => {
-                let message =
-                    format!("sandbox: secret {missing:?} is not loaded; see the daemon's log");
+            Err(reason) => {
+                let message = format!("sandbox: {reason}; see the daemon's log");
                 return self.answer(stream, !end_stream, record, 500, message, Verdict::Error);
             }
         };
@@ -2373,7 +2372,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_secret_gets_500_and_nothing_is_sent() {
-        let mut s = setup(1 << 20, Err("openai".into()), None).await;
+        let mut s = setup(1 << 20, Err("secret \"openai\" is not loaded".into()), None).await;
         let (response, body, _) = get(&mut s.client, request("GET", "https://api.test/echo"), None)
             .await
             .unwrap();

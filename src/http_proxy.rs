@@ -113,7 +113,7 @@ impl Drop for OpenRequest {
 }
 
 /// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
-/// missing secret), and audit records that count the sandbox's bytes as they are written.
+/// reason they cannot be made), and audit records that count the sandbox's bytes as they are written.
 fn relay_scope(
     daemon: &Daemon,
     sandbox: &Arc<Sandbox>,
@@ -484,9 +484,8 @@ impl Intercept {
             strip_hop_by_hop(&mut parts.headers, upgrade_requested);
         }
         parts.headers.remove(header::HOST);
-        if let Err(missing) = inject(&mut parts.headers, &self.integration, &self.sandbox.secrets) {
-            let message =
-                format!("sandbox: secret {missing:?} is not loaded; see the daemon's log");
+        if let Err(reason) = inject(&mut parts.headers, &self.integration, &self.sandbox.secrets) {
+            let message = format!("sandbox: {reason}; see the daemon's log");
             record.status = Some(500);
             record.finish(Verdict::Error, Some(message.clone()), started);
             self.audit.log(record).await;
@@ -704,31 +703,35 @@ pub fn host_matches(host: &str, sni: &str, port: u16) -> bool {
         && host_port.is_none_or(|p| p == port || (p == 443 && port == 443))
 }
 
-/// Sets the integration's headers, replacing any of the same name the client sent.
+/// Sets the integration's headers, replacing any of the same name the client sent; else says why they
+/// cannot be made.
 pub fn inject(
     headers: &mut HeaderMap,
     integration: &Integration,
     secrets: &Secrets,
 ) -> Result<(), String> {
+    let not_loaded =
+        |missing: crate::config::MissingSecret| format!("secret {:?} is not loaded", missing.0);
     for (name, template) in &integration.headers {
-        let value = template.render(secrets).map_err(|missing| missing.0)?;
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| name.clone())?;
-        let mut value = HeaderValue::from_str(&value).map_err(|_| name.to_string())?;
+        let value = template.render(secrets).map_err(not_loaded)?;
+        let unusable = || {
+            format!(
+                "header {name:?} of integration {:?} is not a valid HTTP header",
+                integration.name
+            )
+        };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| unusable())?;
+        // Bytes, not text: a secret may hold non-ASCII characters, which HTTP carries as they are.
+        let mut value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| unusable())?;
         value.set_sensitive(true);
         headers.insert(name, value);
     }
     if let Some(basic) = &integration.basic_auth {
-        let user = basic
-            .username
-            .render(secrets)
-            .map_err(|missing| missing.0)?;
-        let password = basic
-            .password
-            .render(secrets)
-            .map_err(|missing| missing.0)?;
+        let user = basic.username.render(secrets).map_err(not_loaded)?;
+        let password = basic.password.render(secrets).map_err(not_loaded)?;
         let encoded = BASE64.encode(format!("{user}:{password}"));
         let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| "basic_auth".to_string())?;
+            .map_err(|_| "basic_auth does not encode to a header".to_string())?;
         value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);
     }
@@ -977,6 +980,50 @@ mod tests {
         ));
         assert!(!host_matches("api.example.com:x", "api.example.com", 443));
         assert!(!host_matches("[::1]:443", "api.example.com", 443));
+    }
+
+    #[test]
+    fn secrets_go_into_headers_as_their_bytes_in_place_of_the_clients() {
+        let config = crate::config::Config::parse(
+            r#"
+[secrets]
+k = { env = "UNUSED" }
+[[integration]]
+name = "api"
+hosts = ["api.test"]
+headers = { Authorization = "Bearer ${secret:k}", X-Key = "${secret:k}" }
+[[integration]]
+name = "basic"
+hosts = ["basic.test"]
+basic_auth = { username = "u", password = "${secret:k}" }
+"#,
+            std::path::Path::new("test.toml"),
+        )
+        .unwrap();
+        let secrets = Secrets::of(&[("k", "sk-ünï")]);
+        let mut headers = HeaderMap::new();
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine"));
+        headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine too"));
+        inject(&mut headers, &config.integrations[0], &secrets).unwrap();
+        let authorization: Vec<&[u8]> = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(authorization, ["Bearer sk-ünï".as_bytes()]);
+        assert_eq!(headers["x-key"].as_bytes(), "sk-ünï".as_bytes());
+        assert!(headers["x-key"].is_sensitive());
+
+        let mut headers = HeaderMap::new();
+        inject(&mut headers, &config.integrations[1], &secrets).unwrap();
+        let expected = format!("Basic {}", BASE64.encode("u:sk-ünï"));
+        assert_eq!(headers[header::AUTHORIZATION], expected.as_str());
+
+        let none = Secrets::of(&[]);
+        assert_eq!(
+            inject(&mut HeaderMap::new(), &config.integrations[0], &none).unwrap_err(),
+            "secret \"k\" is not loaded"
+        );
     }
 
     #[test]
