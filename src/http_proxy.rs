@@ -772,6 +772,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         header::TRANSFER_ENCODING,
         header::TE,
     ];
+    // TE belongs to this hop, but "trailers" holds for the next one too (trailers pass through), and
+    // HTTP/2 servers such as gRPC's want it: the one TE value HTTP/2 allows.
+    let trailers = headers.get_all(header::TE).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value.split(',').any(|coding| {
+                let name = coding.split(';').next().unwrap_or_default();
+                name.trim().eq_ignore_ascii_case("trailers")
+            })
+        })
+    });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -790,6 +800,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -1085,9 +1098,17 @@ basic_auth = { username = "u", password = "${secret:k}" }
             HeaderValue::from_static("chunked"),
         );
         headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("TE"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers[header::TE], "trailers");
     }
 
     #[test]

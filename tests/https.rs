@@ -651,8 +651,8 @@ fn python_node_and_git_work_unmodified() {
     d.finish();
 }
 
-/// HTTP/2 trailers cross the proxy both ways (request trailers reach the upstream, response trailers the
-/// client), and HEAD answers keep their Content-Length and carry no body, over HTTP/1.1 and HTTP/2.
+/// Trailers cross the proxy both ways (request trailers reach the upstream, response trailers the
+/// client), from HTTP/2 and HTTP/1.1 clients, and HEAD answers keep their Content-Length and carry no body, over HTTP/1.1 and HTTP/2.
 #[test]
 fn trailers_and_head_behave_as_http_says() {
     if skip_unless_privileged() {
@@ -694,6 +694,46 @@ req.end('payload');
     assert_injected(&up, &seen[0]);
     assert_eq!(seen[0].version, "HTTP/2.0", "{seen:?}");
     assert_eq!(seen[0].body_len, "payload".len() as u64, "{seen:?}");
+
+    // HTTP/1.1: a chunked request with a trailer, from a client that says it takes trailers (TE, which
+    // the daemon passes on to the HTTP/2 upstream); the response's trailers end its chunked body.
+    let py = format!(
+        r#"
+import socket, ssl
+tls = ssl.create_default_context().wrap_socket(socket.create_connection(("{API_HOST}", 443)), server_hostname="{API_HOST}")
+tls.settimeout(5)
+tls.sendall(b"POST /trailers?c=h1-trailers HTTP/1.1\r\nHost: {API_HOST}\r\nTE: trailers\r\nConnection: TE\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n7\r\npayload\r\n0\r\nX-Client-Trailer: from-h1\r\n\r\n")
+response = b""
+while b"\r\n0\r\n" not in response or not response.endswith(b"\r\n\r\n"):
+    chunk = tls.recv(65536)
+    if not chunk:
+        break
+    response += chunk
+print(response.decode().lower())
+"#
+    );
+    let o = d.exec(&user).args(["python3", "-c", &py]).run();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let (head, after_last_chunk) = out
+        .split_once("\r\n0\r\n")
+        .unwrap_or_else(|| panic!("no last chunk: {}", describe(&o)));
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        after_last_chunk.contains("x-upstream-trailer: done")
+            && after_last_chunk.contains("x-saw-client-trailer: from-h1"),
+        "the response's trailers, and the request's as the upstream saw them: {}",
+        describe(&o)
+    );
+    let seen = tagged(&up, "c=h1-trailers");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_injected(&up, &seen[0]);
+    assert_eq!(seen[0].header("te"), ["trailers"], "{seen:?}");
 
     for (protocol, tag) in [("--http1.1", "c=head-h1"), ("--http2", "c=head-h2")] {
         let o = d

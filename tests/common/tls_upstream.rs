@@ -690,8 +690,10 @@ fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
         Ok(Frame::data(Bytes::from_static(b"trailers follow\n"))),
         Ok(Frame::trailers(trailers)),
     ];
+    // Declared, as RFC 9110 6.6.2 asks: an HTTP/1.1 server (hyper, here the daemon) sends no others.
     Response::builder()
         .header("content-type", "text/plain")
+        .header("trailer", "x-upstream-trailer, x-saw-client-trailer")
         .body(StreamBody::new(futures::stream::iter(frames)).boxed())
         .unwrap()
 }
