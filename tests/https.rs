@@ -2151,3 +2151,105 @@ time.sleep(60)
     let _ = staller.finish();
     d.finish();
 }
+
+/// Point 9: every stage of an intercepted connection has a timeout, so a client that stops costs its
+/// connection only for so long: no ClientHello within 10 s (the connection is refused under egress =
+/// "deny", where it cannot be relayed), a ClientHello but no finished TLS handshake within 10 s, part of
+/// a request head for 30 s, and an idle kept-alive HTTP/1.1 connection after 30 s. Each client says
+/// after how many seconds the daemon closed its connection.
+#[test]
+fn stalled_clients_are_cut_off_at_each_stage() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let py = format!(
+        r#"
+import socket, ssl, threading, time
+
+def closed_after(name, tls, start):
+    try:
+        while tls.recv(65536):
+            pass
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    print(name, round(time.monotonic() - start), flush=True)
+
+def tcp():
+    return socket.create_connection(("{API_HOST}", 443), timeout=90)
+
+def hello():
+    sock = tcp()
+    closed_after("hello", sock, time.monotonic())
+
+def handshake():
+    sock = tcp()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="{API_HOST}")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    # The ClientHello, and then nothing more.
+    sock.sendall(outgoing.read())
+    closed_after("handshake", sock, time.monotonic())
+
+def established():
+    return ssl.create_default_context().wrap_socket(tcp(), server_hostname="{API_HOST}")
+
+def head():
+    tls = established()
+    tls.sendall(b"GET /echo?c=stalled-head HTTP/1.1\r\nHost: {API_HOST}\r\n")
+    closed_after("head", tls, time.monotonic())
+
+def idle():
+    tls = established()
+    tls.sendall(b"GET /echo?c=idle-h1&quiet HTTP/1.1\r\nHost: {API_HOST}\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += tls.recv(65536)
+    print("answered", answer.split(b"\r\n")[0].decode(), flush=True)
+    closed_after("idle", tls, time.monotonic())
+
+threads = [threading.Thread(target=f) for f in (hello, handshake, head, idle)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"#
+    );
+    let o = d
+        .exec(&user)
+        .profile("apionly")
+        .args(["python3", "-c", &py])
+        .timeout(std::time::Duration::from_secs(100))
+        .run();
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("answered HTTP/1.1 200"), "{}", describe(&o));
+    let seconds = |stage: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{stage} ")))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{stage}: {}", describe(&o)))
+    };
+    for (stage, limit) in [("hello", 10), ("handshake", 10), ("head", 30), ("idle", 30)] {
+        let after = seconds(stage);
+        assert!(
+            (limit..=limit + 5).contains(&after),
+            "{stage}: closed after {after} s, the limit is {limit} s: {}",
+            describe(&o)
+        );
+    }
+    assert!(tagged(&up, "c=stalled-head").is_empty());
+    let lines = audit_wait(&d, 2, |l| {
+        l["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS handshake within") || e.contains("no TLS server name"))
+    });
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    d.finish();
+}
