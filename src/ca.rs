@@ -542,6 +542,21 @@ mod tests {
         cert
     }
 
+    /// ECDSA with P-256: the key's curve, and the signature it was signed with.
+    fn assert_p256_ecdsa(parsed: &X509Certificate<'_>) {
+        use x509_parser::oid_registry::{
+            OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ECDSA_WITH_SHA256,
+        };
+        let key = &parsed.public_key().algorithm;
+        assert_eq!(key.algorithm, OID_KEY_TYPE_EC_PUBLIC_KEY);
+        let curve = key.parameters.as_ref().unwrap().as_oid().unwrap();
+        assert_eq!(curve, OID_EC_P256);
+        assert_eq!(
+            parsed.signature_algorithm.algorithm,
+            OID_SIG_ECDSA_WITH_SHA256
+        );
+    }
+
     fn describe(name: &GeneralName<'_>) -> String {
         match name {
             GeneralName::DNSName(dns) => format!("dns:{dns}"),
@@ -637,6 +652,7 @@ mod tests {
             .collect();
         assert_eq!(cn, ["sandbox abc CA"]);
         assert_eq!(parsed.subject(), parsed.issuer());
+        assert_p256_ecdsa(&parsed);
         let bc = parsed.basic_constraints().unwrap().unwrap();
         assert!(bc.critical && bc.value.ca);
         assert_eq!(bc.value.path_len_constraint, Some(0));
@@ -663,6 +679,7 @@ mod tests {
             .map(|cn| cn.as_str().unwrap().to_owned())
             .collect();
         assert_eq!(cn, ["api.example.com"]);
+        assert_p256_ecdsa(&parsed);
         let san = parsed.subject_alternative_name().unwrap().unwrap();
         let names: Vec<_> = san.value.general_names.iter().map(describe).collect();
         assert_eq!(names, ["dns:api.example.com"]);
