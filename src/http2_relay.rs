@@ -2371,6 +2371,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn header_lists_over_the_limits_get_431_and_the_connection_goes_on() {
+        let mut s = setup(1 << 20, authorization(), None).await;
+        // Digits take 5 bits in HPACK's Huffman code: the block stays under 64 KiB, its list does not.
+        let mut big = request("GET", "https://api.test/echo");
+        big.headers_mut()
+            .insert("x-big", "0".repeat(70 * 1024).parse().unwrap());
+        let mut many = request("GET", "https://api.test/echo");
+        for i in 0..=MAX_FIELDS {
+            many.headers_mut().insert(
+                format!("x-field-{i}").parse::<http::HeaderName>().unwrap(),
+                "1".parse().unwrap(),
+            );
+        }
+        for (what, oversized) in [("big", big), ("many", many)] {
+            let (response, _, _) = get(&mut s.client, oversized, None).await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "{what}"
+            );
+        }
+        let (response, _, _) = get(&mut s.client, request("GET", "https://api.test/echo"), None)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(s.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_missing_secret_gets_500_and_nothing_is_sent() {
         let mut s = setup(1 << 20, Err("secret \"openai\" is not loaded".into()), None).await;
         let (response, body, _) = get(&mut s.client, request("GET", "https://api.test/echo"), None)

@@ -36,7 +36,13 @@ use crate::{hpack, http2_relay};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a request's header list may hold (as HTTP/2 counts it: name, value and 32 per field).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Requests whose header list is larger go over an HTTP/1.1 upstream connection of their own rather than
+/// the HTTP/2 connection that other clients' requests share: 16 KiB is a common limit of HTTP/2 servers
+/// (hyper's, among others), and some answer a list several times theirs by closing the whole connection
+/// (GOAWAY), which would fail every request on it.
+const SHARED_HEADER_BYTES: usize = 16 * 1024;
 const MAX_HTTP2_STREAMS: u32 = 128;
 /// An HTTP/2 client connection with no request open for this long is closed (GOAWAY), as the relay does.
 const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -460,10 +466,12 @@ impl Intercept {
         record.path = Some(request.uri().path().to_string());
         let host = request_host(&request);
         record.host = host.clone();
+        let head_bytes = header_list_size(&request);
 
         if let Some(refusal) = refusal(
             &request,
             host.as_deref(),
+            head_bytes,
             &self.sni,
             self.destination.port(),
         ) {
@@ -528,7 +536,7 @@ impl Intercept {
         // move to another worker: `serve_http1`).
         // Upgrades exist only in HTTP/1.1.
         let bulk = client_version < Version::HTTP_2 && self.bulk.load(Ordering::Relaxed);
-        let protocols = if upgrade_requested || bulk {
+        let protocols = if upgrade_requested || bulk || head_bytes > SHARED_HEADER_BYTES {
             Protocols::Http1Only
         } else {
             Protocols::Any
@@ -619,9 +627,20 @@ impl Intercept {
 fn refusal<B>(
     request: &Request<B>,
     host: Option<&str>,
+    head_bytes: usize,
     sni: &str,
     port: u16,
 ) -> Option<(StatusCode, String)> {
+    // hyper's HTTP/1.1 limit is on its read buffer, which one read may overshoot.
+    if head_bytes > MAX_HEADER_BYTES {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "sandbox: the request's headers are over {} KiB",
+                MAX_HEADER_BYTES / 1024
+            ),
+        ));
+    }
     let misdirected = |host: &str| {
         Some((
             StatusCode::MISDIRECTED_REQUEST,
@@ -675,6 +694,21 @@ fn refusal<B>(
         ));
     }
     None
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113, 6.5.2), pseudo-fields included.
+fn header_list_size<B>(request: &Request<B>) -> usize {
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let authority = request.uri().authority().map_or(0, |a| a.as_str().len());
+    fields + request.method().as_str().len() + target + authority + 4 * 32
 }
 
 /// The host the request is for: the HTTP/2 :authority or absolute-form target, else the Host header.
@@ -1048,7 +1082,8 @@ basic_auth = { username = "u", password = "${secret:k}" }
             }
             let request = builder.body(()).unwrap();
             let host = request_host(&request);
-            refusal(&request, host.as_deref(), "api.test", 443).map(|(status, _)| status)
+            let size = header_list_size(&request);
+            refusal(&request, host.as_deref(), size, "api.test", 443).map(|(status, _)| status)
         };
         assert_eq!(refused("https://api.test/x", "GET", &[]), None);
         assert_eq!(
@@ -1081,6 +1116,31 @@ basic_auth = { username = "u", password = "${secret:k}" }
         assert_eq!(
             refused("https://api.test/x", "GET", &[("upgrade", "h2c")]),
             Some(StatusCode::BAD_REQUEST)
+        );
+        let near = "x".repeat(MAX_HEADER_BYTES - 300);
+        assert_eq!(
+            refused("https://api.test/x", "GET", &[("x-big", &near)]),
+            None
+        );
+        let over = "x".repeat(MAX_HEADER_BYTES);
+        assert_eq!(
+            refused("https://api.test/x", "GET", &[("x-big", &over)]),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn a_header_list_counts_as_http2_counts_it() {
+        let request = Request::builder()
+            .uri("https://api.test/x?y")
+            .header("ab", "cde")
+            .header("ab", "f")
+            .body(())
+            .unwrap();
+        // :method GET, :path /x?y, :authority api.test, :scheme; ab: cde; ab: f.
+        assert_eq!(
+            header_list_size(&request),
+            3 + 4 + 8 + 4 * 32 + (5 + 32) + (3 + 32)
         );
     }
 
