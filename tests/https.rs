@@ -2313,3 +2313,76 @@ fn oversized_request_heads_get_431() {
     assert_eq!(carried_by(&up, "c=small").1, "HTTP/2.0");
     d.finish();
 }
+
+/// Invariant 6: one sandbox flooding the daemon with requests (h2load: 32 HTTP/2 connections with 32
+/// streams each, as fast as the daemon answers) does not starve another sandbox: its requests, each on a
+/// new connection, take no more than a few times as long as on an idle daemon. A daemon that served
+/// connections first come, first served, or one sandbox's backlog before another's, would keep them
+/// waiting for seconds.
+#[test]
+fn a_flooding_sandbox_does_not_starve_another() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let up = TlsUpstream::new(&net);
+    let d = up.configure(net.daemon()).start();
+    let user = test_user();
+    let probe = |tag: &str| -> Vec<f64> {
+        let script = format!(
+            "for i in $(seq 20); do curl -sS --noproxy '*' --max-time 20 -o /dev/null \
+             -w '%{{time_total}}\\n' 'https://{API_HOST}/echo?c={tag}&quiet' || exit 1; done"
+        );
+        let o = d
+            .exec(&user)
+            .args(["sh", "-c", &script])
+            .timeout(std::time::Duration::from_secs(120))
+            .run();
+        assert_code(&o, 0);
+        let mut seconds: Vec<f64> = stdout(&o).lines().map(|l| l.parse().unwrap()).collect();
+        seconds.sort_by(f64::total_cmp);
+        seconds
+    };
+    let idle = probe("probe-idle");
+    let flood = d
+        .exec(&user)
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "{} -c 32 -m 32 -D 20 'https://{API_HOST}/echo?c=flood&quiet' 2>&1",
+                tool("h2load").display()
+            ),
+        ])
+        .timeout(std::time::Duration::from_secs(60))
+        .spawn();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let loaded = probe("probe-loaded");
+    let flood = flood.finish();
+    let report = stdout(&flood);
+    let succeeded: u64 = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("requests:"))
+        .and_then(|l| {
+            l.split(',')
+                .find_map(|p| p.trim().strip_suffix(" succeeded"))
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no h2load summary: {}", describe(&flood)));
+    assert!(
+        succeeded >= 2000,
+        "the flood did not load the daemon: {}",
+        describe(&flood)
+    );
+    let (idle_median, loaded_median) = (idle[10], loaded[10]);
+    eprintln!(
+        "median request time {idle_median:.3} s idle, {loaded_median:.3} s while another sandbox \
+         made {succeeded} requests"
+    );
+    assert!(
+        loaded_median <= 5.0 * idle_median,
+        "another sandbox's flood slowed requests from {idle_median:.3} s to {loaded_median:.3} s: {loaded:?}"
+    );
+    assert_eq!(tagged(&up, "c=probe-loaded").len(), 20);
+    d.finish();
+}
