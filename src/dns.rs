@@ -182,15 +182,27 @@ async fn resolve(
     record.host = query_name(query);
     record.bytes_up = query.len() as u64;
     if !sandbox.egress_allowed() {
-        if let Some(name) = record.host.clone().filter(|name| !sandbox.names_host(name)) {
-            // Not looked up at all: forwarded, the query would carry whatever its name encodes to that
-            // name's own servers, a channel out of a sandbox that may not reach them.
+        // Not looked up at all: forwarded, the query would carry whatever its name encodes to that name's
+        // own servers, a channel out of a sandbox that may not reach them. A name the relay cannot read
+        // (compressed, or one of several questions) is one it cannot check, and resolvers read it all the
+        // same.
+        let refused = match record.host.as_deref() {
+            Some(name) if sandbox.names_host(name) => None,
+            Some(name) => Some((
+                error_answer(query, NXDOMAIN).unwrap_or_default(),
+                format!(
+                    "profile {:?} does not allow {name}; answered NXDOMAIN",
+                    sandbox.profile.name
+                ),
+            )),
+            None => Some((
+                formerr(query),
+                "a query that is not one uncompressed question; answered FORMERR".to_string(),
+            )),
+        };
+        if let Some((answer, why)) = refused {
             record.verdict = Verdict::Denied;
-            record.error = Some(format!(
-                "profile {:?} does not allow {name}; answered NXDOMAIN",
-                sandbox.profile.name
-            ));
-            let answer = error_answer(query, NXDOMAIN).unwrap_or_default();
+            record.error = Some(why);
             record.bytes_down = answer.len() as u64;
             return (answer, record);
         }
@@ -490,12 +502,25 @@ fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
+const FORMERR: u8 = 1;
 const SERVFAIL: u8 = 2;
 const NXDOMAIN: u8 = 3;
 
 /// A SERVFAIL answer to `query`, so the stub fails at once instead of waiting out its timeout.
 pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     error_answer(query, SERVFAIL)
+}
+
+/// A FORMERR answer to a query whose question cannot be read: its header alone, no sections.
+fn formerr(query: &[u8]) -> Vec<u8> {
+    let Some(header) = query.get(..12) else {
+        return Vec::new();
+    };
+    let mut answer = header.to_vec();
+    answer[2] = 0x80 | (query[2] & 0x79);
+    answer[3] = 0x80 | FORMERR;
+    answer[4..12].fill(0);
+    answer
 }
 
 /// An answer to `query` with this error code, its question, and no records.
@@ -571,6 +596,12 @@ mod tests {
         let mut pointer = query("a.b");
         pointer[12] = 0xc0;
         assert_eq!(query_name(&pointer), None);
+        let answer = formerr(&pointer);
+        assert_eq!(&answer[..2], &[0x12, 0x34]);
+        assert_eq!(answer[2] & 0x80, 0x80);
+        assert_eq!(answer[3] & 0x0f, FORMERR);
+        assert_eq!(&answer[4..], &[0; 8]);
+        assert!(formerr(&[0; 5]).is_empty());
     }
 
     /// An answer to `query(name)`: its records as (owner, type, data); an owner of None points at the

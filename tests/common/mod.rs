@@ -570,6 +570,8 @@ pub struct Seen {
     pub dns: Mutex<Vec<String>>,
     /// "name TYPE" per DNS question over TCP.
     pub dns_tcp: Mutex<Vec<String>>,
+    /// Every DNS message that arrived, over either transport, as it came (whether it parses or not).
+    pub dns_raw: Mutex<Vec<Vec<u8>>>,
     /// Peers that connected to the host's own service (H :8080).
     pub host_service: Mutex<Vec<SocketAddr>>,
 }
@@ -854,6 +856,7 @@ impl TestNet {
         for s in dns {
             let (seen, names) = (seen.clone(), dns_names.clone());
             servers.udp(s, move |sock, data, peer| {
+                seen.dns_raw.lock().unwrap().push(data.to_vec());
                 if let Some((question, answer)) = dns_answer(data, &names) {
                     seen.dns.lock().unwrap().push(question);
                     let _ = sock.send_to(&answer, peer);
@@ -872,6 +875,7 @@ impl TestNet {
                         if s.read_exact(&mut query).is_err() {
                             return;
                         }
+                        seen.dns_raw.lock().unwrap().push(query.clone());
                         let Some((question, answer)) = dns_answer(&query, &names) else {
                             return;
                         };
