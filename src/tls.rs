@@ -1,8 +1,9 @@
 //! The TLS listener: every TCP connection a sandbox opens to port 443 arrives here (TPROXY). It peeks the
 //! whole ClientHello without consuming it and routes by SNI: a host of one of the profile's integrations is
 //! terminated and proxied (`http_proxy`); any other host is spliced through untouched when the profile allows
-//! egress, or lists the host in `allow_hosts` and the destination is an address the sandbox's DNS relay gave
-//! for that very name (`dns::Resolved`); else refused. A connection without SNI is never terminated.
+//! egress, or lists the host in `allow_hosts`; else refused. Under egress = "deny" either goes only to an
+//! address the sandbox's DNS relay gave for that very name (`dns::Resolved`). A connection without SNI is
+//! never terminated.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -39,36 +40,37 @@ fn route(sandbox: &Sandbox, destination: SocketAddr, sni: Option<&str>) -> Route
             Route::Deny("no TLS server name (SNI), and the profile allows only named hosts".into())
         };
     };
-    if let Some(integration) = sandbox
+    let intercepted = sandbox
         .integrations
         .iter()
-        .find(|integration| integration.hosts.iter().any(|host| host.matches(sni)))
-    {
-        return Route::Intercept(integration.clone());
+        .find(|integration| integration.hosts.iter().any(|host| host.matches(sni)));
+    if !sandbox.egress_allowed() {
+        if intercepted.is_none()
+            && !sandbox
+                .profile
+                .allow_hosts
+                .iter()
+                .any(|host| host.matches(sni))
+        {
+            return Route::Deny(format!(
+                "profile {:?} does not allow {sni}",
+                sandbox.profile.name
+            ));
+        }
+        // Anyone can write an allowed name into a ClientHello: the address must be the name's as well.
+        // An integration's host too, though its upstream must prove the name: the daemon's own connection
+        // to an address of the sandbox's choosing would carry that choice out.
+        if !sandbox.resolved.resolves(destination.ip(), sni) {
+            return Route::Deny(format!(
+                "{} is not an address the sandbox's DNS gave for {sni} (egress = \"deny\" reaches a \
+                 host only at the addresses its DNS lookups inside the sandbox returned)",
+                destination.ip()
+            ));
+        }
     }
-    if sandbox.egress_allowed() {
-        return Route::Passthrough;
-    }
-    if !sandbox
-        .profile
-        .allow_hosts
-        .iter()
-        .any(|host| host.matches(sni))
-    {
-        return Route::Deny(format!(
-            "profile {:?} does not allow {sni}",
-            sandbox.profile.name
-        ));
-    }
-    // Anyone can write an allowed name into a ClientHello: the address must be the name's as well.
-    if sandbox.resolved.resolves(destination.ip(), sni) {
-        Route::Passthrough
-    } else {
-        Route::Deny(format!(
-            "{} is not an address the sandbox's DNS gave for {sni} (egress = \"deny\" passes an allowed \
-             host only to the addresses its DNS lookups inside the sandbox returned)",
-            destination.ip()
-        ))
+    match intercepted {
+        Some(integration) => Route::Intercept(integration.clone()),
+        None => Route::Passthrough,
     }
 }
 

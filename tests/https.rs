@@ -1648,6 +1648,29 @@ fn deny_profiles_refuse_other_hosts() {
     let o = run("apionly", PLAIN_HOST, "c=apionly-plain");
     assert_ne!(code(&o), 0, "apionly, plain.test: {}", describe(&o));
     assert!(tagged(&up, "c=apionly-plain").is_empty());
+    // The integration's name sent to another address (one whose server even has a valid certificate
+    // for it) is refused too: the daemon's connection there would carry the sandbox's choice of address.
+    let o = d
+        .exec(&user)
+        .profile("apionly")
+        .args(curl([
+            "--resolve",
+            &format!("{API_HOST}:443:{}", up.h1_4),
+            "-w",
+            STATUS_FMT,
+            &format!("https://{API_HOST}/echo?c=apionly-elsewhere"),
+        ]))
+        .run();
+    assert_ne!(code(&o), 0, "apionly, api.test elsewhere: {}", describe(&o));
+    assert!(tagged(&up, "c=apionly-elsewhere").is_empty());
+    audit_wait(&d, 1, |l| {
+        l["verdict"] == "denied"
+            && l["sni"] == API_HOST
+            && l["profile"] == "apionly"
+            && l["destination"]
+                .as_str()
+                .is_some_and(|s| s.contains(&up.h1_4.to_string()))
+    });
 
     let denied = audit_wait(&d, 3, |l| {
         l["kind"] == "tls-passthrough" && l["verdict"] == "denied"
