@@ -375,18 +375,25 @@ fn reload(daemon: &Daemon) {
 fn reload_config(daemon: &Daemon) {
     let current = daemon.config();
     match load(&current.path) {
-        Ok(new) => {
-            let (old, fresh) = (&current.daemon, &new.config.daemon);
-            if old.socket != fresh.socket
-                || old.socket_group != fresh.socket_group
-                || old.subnet != fresh.subnet
-                || old.subnet6 != fresh.subnet6
-                || old.audit_log != fresh.audit_log
+        Ok(mut new) => {
+            let (running, fresh) = (&current.daemon, &mut new.config.daemon);
+            if running.socket != fresh.socket
+                || running.socket_group != fresh.socket_group
+                || running.subnet != fresh.subnet
+                || running.subnet6 != fresh.subnet6
+                || running.audit_log != fresh.audit_log
             {
                 tracing::warn!(
                     "daemon.socket, socket_group, subnet, subnet6 and audit_log take effect only after a restart"
                 );
             }
+            // The running values stay in the config: sandboxes must not see the socket and the audit log
+            // that are live, whatever the file now says.
+            fresh.socket = running.socket.clone();
+            fresh.socket_group = running.socket_group.clone();
+            fresh.subnet = running.subnet;
+            fresh.subnet6 = running.subnet6;
+            fresh.audit_log = running.audit_log.clone();
             daemon.upstreams.set_config(new.upstream_tls);
             daemon.set_config(Arc::new(new.config), Arc::new(new.secrets));
             tracing::info!(config = %current.path.display(), "config reloaded; new sandboxes use it");

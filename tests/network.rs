@@ -6,9 +6,11 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::net::{IpAddr, SocketAddr};
 
 use common::*;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 fn curl(url: &str) -> Vec<String> {
@@ -672,6 +674,31 @@ fn daemon_socket_and_config_are_out_of_reach() {
             describe(&o)
         );
     }
+
+    // A reload of a config that names another socket (which takes a restart) leaves the live one out of
+    // reach all the same.
+    let text = fs::read_to_string(&d.config).unwrap();
+    let moved = d.dir.join("moved.sock");
+    d.write_config(&text.replace(
+        &d.socket.display().to_string(),
+        &moved.display().to_string(),
+    ));
+    d.signal(Signal::SIGHUP);
+    wait_for(SETTLE, || {
+        d.logs().contains("config reloaded").then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reload: {}", d.logs()));
+    let o = d
+        .exec(&test_user())
+        .args(["python3", "-c", REACH_DAEMON])
+        .args([&d.socket, &d.config])
+        .run();
+    assert!(
+        stdout(&o).contains("socket: failed"),
+        "after a reload naming {}: {}",
+        moved.display(),
+        describe(&o)
+    );
     d.finish();
 }
 
