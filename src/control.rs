@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,6 +59,10 @@ pub enum ControlError {
     Directory { path: String, source: io::Error },
     #[error("another daemon is already listening on {0}; stop it first (systemctl stop sandbox)")]
     InUse(String),
+    #[error(
+        "{0} exists and is not a socket; daemon.socket must name a path for the daemon's socket"
+    )]
+    NotASocket(String),
     #[error("binding {path}: {source}")]
     Bind { path: String, source: io::Error },
     #[error(
@@ -67,6 +71,33 @@ pub enum ControlError {
     NoGroup(String),
     #[error("setting owner/mode of {path}: {source}")]
     Permissions { path: String, source: io::Error },
+}
+
+/// Fails when the daemon could not bind its socket at `path`: another daemon serves it, something that
+/// is not a socket is there, or `group` does not exist. Checked before the daemon changes anything in the
+/// kernel, which would break the sandboxes of a daemon already running.
+pub fn check_free(path: &Path, group: Option<&str>) -> Result<(), ControlError> {
+    let display = path.display().to_string();
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(ControlError::NotASocket(display));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(display));
+        }
+    }
+    if let Some(name) = group {
+        group_id(name)?;
+    }
+    Ok(())
+}
+
+fn group_id(name: &str) -> Result<nix::unistd::Gid, ControlError> {
+    Ok(nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| ControlError::NoGroup(name.to_string()))?
+        .gid)
 }
 
 /// Binds the control socket: mode 0660 and group `group` when one is configured (members may call
@@ -88,22 +119,12 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
             )?;
         }
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ControlError::InUse(display));
-        }
+    check_free(path, group)?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        // A dead daemon's socket (check_free let nothing else through).
         let _ = std::fs::remove_file(path);
     }
-    let gid = match group {
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| ControlError::NoGroup(name.to_string()))?
-                .gid,
-        ),
-        None => None,
-    };
+    let gid = group.map(group_id).transpose()?;
     let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
         path: display.clone(),
         source,

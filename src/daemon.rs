@@ -153,6 +153,8 @@ fn ipv6_usable(config: &Config) -> bool {
 
 async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let config = Arc::new(loaded.config);
+    control::check_free(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
+    let audit = Audit::open(&config.daemon.audit_log)?;
     let netlink = Netlink::connect().context("opening a netlink socket")?;
     let leftovers = netlink
         .delete_links_with_prefix(LINK_PREFIX)
@@ -187,7 +189,6 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         .await
         .context("installing policy routing for TPROXY")?;
 
-    let audit = Audit::open(&config.daemon.audit_log)?;
     let mut pool = AddressPool::new(config.daemon.subnet, config.daemon.subnet6.filter(|_| ipv6));
     // Slot 0 is never a sandbox: its host address is where the DNS relay answers, an address no
     // interface has, so answering from it never collides with a real service.

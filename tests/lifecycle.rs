@@ -197,3 +197,74 @@ fn sighup_reloads_config_and_keeps_the_old_one_when_broken() {
     assert_code(&d.exec(&user).args(["true"]).run(), 0);
     d.finish();
 }
+
+/// A second daemon started by mistake, with the same config, fails with a clear message before it
+/// touches anything: the running daemon's sandboxes keep their network (their veths, the table). A
+/// daemon.socket that names an existing file other than a socket is an error, and the file is kept.
+#[test]
+fn a_second_daemon_leaves_the_first_alone() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+    let mut r = d
+        .exec(&user)
+        .stdin_piped()
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "echo ready; read _; curl -sS --max-time 5 -o /dev/null -w '%{{http_code}}\\n' http://{DNS_NAME}/"
+            ),
+        ])
+        .spawn();
+    r.wait_for_line("ready");
+    let links = net.sbx_links();
+    assert_eq!(links.len(), 1, "{links:?}");
+
+    let second = |config: &std::path::Path| {
+        let mut cmd = Command::new(tool("ip"));
+        cmd.args(["netns", "exec", &net.h])
+            .arg(bin())
+            .args(["daemon", "--config"])
+            .arg(config);
+        run_command(cmd, Duration::from_secs(30))
+    };
+    let o = second(&d.config);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("another daemon is already listening"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(
+        net.sbx_links(),
+        links,
+        "the second daemon removed the first's veth"
+    );
+    net.assert_sandbox_objects_present();
+    r.write_stdin(b"go\n");
+    let o = r.finish();
+    assert_code(&o, 0);
+    assert_eq!(
+        stdout(&o).lines().last(),
+        Some("200"),
+        "the first daemon's sandbox lost its network: {}",
+        describe(&o)
+    );
+
+    let file = d.dir.join("not-a-socket");
+    fs::write(&file, "keep me").unwrap();
+    let text = fs::read_to_string(&d.config)
+        .unwrap()
+        .replace(&d.socket.display().to_string(), &file.display().to_string());
+    let config = d.dir.join("other.toml");
+    fs::write(&config, text).unwrap();
+    let o = second(&config);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("is not a socket"), "{}", describe(&o));
+    assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+    d.finish();
+}
