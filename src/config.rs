@@ -282,6 +282,12 @@ impl HostPattern {
             None => (false, name.as_str()),
         };
         check_dns_name(suffix).map_err(|why| format!("invalid host \"{s}\": {why}"))?;
+        if wildcard && !suffix.contains('.') {
+            return Err(format!(
+                "\"{s}\" matches every name under a top-level domain; a wildcard needs a name of two \
+                 labels or more after \"*.\", as in \"*.example.com\""
+            ));
+        }
         Ok(if wildcard {
             HostPattern::Wildcard(suffix.to_owned())
         } else {
@@ -290,6 +296,19 @@ impl HostPattern {
     }
 
     /// Case-insensitive; one trailing dot on `host` is ignored.
+    /// Whether some name matches both patterns.
+    fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Exact(a), HostPattern::Exact(b)) => a == b,
+            (HostPattern::Exact(name), wildcard) | (wildcard, HostPattern::Exact(name)) => {
+                wildcard.matches(name)
+            }
+            (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => {
+                a == b || HostPattern::Wildcard(a.clone()).matches(b) || other.matches(a)
+            }
+        }
+    }
+
     pub fn matches(&self, host: &str) -> bool {
         let host = host.strip_suffix('.').unwrap_or(host);
         match self {
@@ -404,6 +423,11 @@ impl Template {
             }
         }
         text.push_str(rest);
+        if let Some(c) = text.chars().find(|&c| c.is_control() && c != '\t') {
+            return Err(format!(
+                "the value holds the control character {c:?}, which cannot go in an HTTP header"
+            ));
+        }
         if !text.is_empty() {
             parts.push(Part::Text(text));
         }
@@ -528,6 +552,28 @@ impl Config {
                         integration.span(),
                         format!("integration \"{wanted}\" is listed twice in profile \"{name}\""),
                     ));
+                }
+                // A connection takes one integration's headers: with two for a name, which one would
+                // depend on the order in the file.
+                let hosts_of = |wanted: &str| -> &[HostPattern] {
+                    integrations
+                        .iter()
+                        .find(|i| i.name == wanted)
+                        .map_or(&[], |i| &i.hosts)
+                };
+                for earlier in &names {
+                    let clash = hosts_of(wanted)
+                        .iter()
+                        .find(|host| hosts_of(earlier).iter().any(|other| host.overlaps(other)));
+                    if let Some(host) = clash {
+                        return Err(src.at(
+                            integration.span(),
+                            format!(
+                                "integrations \"{earlier}\" and \"{wanted}\" of profile \"{name}\" both match \
+                                 {host}; a name may have one integration per profile"
+                            ),
+                        ));
+                    }
                 }
                 names.push(integration.into_inner());
             }
@@ -1048,6 +1094,27 @@ fn check_network(s: &str, net: IpNet, max_prefix: u8, block: &str) -> Result<(),
             "network \"{s}\" is too small: each sandbox takes a {block}; use a prefix length of {max_prefix} or less"
         ));
     }
+    // Sandbox addresses there would shadow the host's own (loopback, link-local) or be no unicast
+    // addresses at all; a pool that large would take every address from the host's routes.
+    let reserved = [
+        "0.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "224.0.0.0/3",
+        "::/8",
+        "fe80::/10",
+        "ff00::/8",
+    ];
+    let clash = reserved
+        .iter()
+        .filter_map(|r| r.parse::<IpNet>().ok())
+        .find(|r| r.contains(&net.network()) || net.contains(&r.network()));
+    if let Some(reserved) = clash {
+        return Err(format!(
+            "network \"{s}\" overlaps {reserved}, which the host needs for itself; use a private range, \
+             as in \"10.233.0.0/16\" or \"fd00:5ba:d::/48\""
+        ));
+    }
     Ok(())
 }
 
@@ -1337,6 +1404,64 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
             error("[secrets]\na = { enf = \"X\" }\n"),
             "t.toml:2:5: unknown key \"enf\" in a [secrets] entry; expected one of: env, file, credential"
         );
+    }
+
+    #[test]
+    fn configs_that_could_not_work_are_refused() {
+        let value = integration(
+            "name = \"a\"\nhosts = [\"a.com\"]\nheaders = { X = \"Bearer ${secret:key}\\r\\nY: 1\" }\n",
+        );
+        assert!(
+            value.starts_with("t.toml:6:17: the value holds the control character '\\r'"),
+            "{value}"
+        );
+        let wildcard = integration("name = \"a\"\nhosts = [\"*.com\"]\nheaders = { X = \"1\" }\n");
+        assert!(
+            wildcard
+                .starts_with("t.toml:5:10: \"*.com\" matches every name under a top-level domain"),
+            "{wildcard}"
+        );
+        for (subnet, reserved) in [
+            ("subnet = \"0.0.0.0/0\"", "0.0.0.0/8"),
+            ("subnet = \"127.0.0.0/16\"", "127.0.0.0/8"),
+            ("subnet = \"169.254.0.0/16\"", "169.254.0.0/16"),
+            ("subnet6 = \"::/0\"", "::/8"),
+            ("subnet6 = \"fe80::/48\"", "fe80::/10"),
+        ] {
+            let refused = error(&format!("[daemon]\n{subnet}\n"));
+            assert!(
+                refused.contains(&format!("overlaps {reserved}, which the host needs")),
+                "{subnet}: {refused}"
+            );
+        }
+        let two = |a: &str, b: &str| {
+            error(&format!(
+                "{SECRETS}[[integration]]\nname = \"a\"\nhosts = [\"{a}\"]\nheaders = {{ X = \"1\" }}\n\
+                 [[integration]]\nname = \"b\"\nhosts = [\"{b}\"]\nheaders = {{ X = \"2\" }}\n\
+                 [[profile]]\nname = \"p\"\nintegrations = [\"a\", \"b\"]\n"
+            ))
+        };
+        for (a, b) in [
+            ("api.example.com", "API.example.com"),
+            ("*.example.com", "api.example.com"),
+            ("api.example.com", "*.example.com"),
+            ("*.example.com", "*.eu.example.com"),
+        ] {
+            assert!(
+                two(a, b).contains("integrations \"a\" and \"b\" of profile \"p\" both match"),
+                "{a} {b}: {}",
+                two(a, b)
+            );
+        }
+        let apart = Config::parse(
+            &format!(
+                "{SECRETS}[[integration]]\nname = \"a\"\nhosts = [\"*.example.com\"]\nheaders = {{ X = \"1\" }}\n\
+                 [[integration]]\nname = \"b\"\nhosts = [\"example.com\", \"*.example.org\"]\nheaders = {{ X = \"2\" }}\n\
+                 [[profile]]\nname = \"p\"\nintegrations = [\"a\", \"b\"]\n"
+            ),
+            Path::new("t.toml"),
+        );
+        assert!(apart.is_ok(), "{apart:?}");
     }
 
     #[test]
