@@ -14,7 +14,7 @@
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,9 @@ use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::socket;
@@ -251,10 +253,15 @@ fn keeper() -> Result<i32, InitError> {
     let previous_mask = forwarded
         .thread_swap_mask(SigmaskHow::SIG_BLOCK)
         .context(|| "blocking signals".into())?;
+    // Its write end is open while the keeper lives: PID 1 cannot ask getppid() (its parent is outside its
+    // PID namespace) whether the keeper died before PID 1's parent-death signal was set.
+    let (keeper_alive, keeper_end) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).context(|| "making a pipe".into())?;
     // SAFETY: this process is single-threaded, so fork is safe.
     match unsafe { fork() }.context(|| "fork of the sandbox's PID 1".into())? {
         ForkResult::Child => {
-            let code = match pid1(&spec, &forwarded, &previous_mask) {
+            drop(keeper_end);
+            let code = match pid1(&spec, &forwarded, &previous_mask, keeper_alive) {
                 Ok(code) => code,
                 Err(error) => {
                     let _ = writeln!(io::stderr(), "sandbox: {error}");
@@ -263,7 +270,12 @@ fn keeper() -> Result<i32, InitError> {
             };
             std::process::exit(code)
         }
-        ForkResult::Parent { child } => supervise(child, &forwarded),
+        ForkResult::Parent { child } => {
+            drop(keeper_alive);
+            let status = supervise(child, &forwarded);
+            drop(keeper_end);
+            status
+        }
     }
 }
 
@@ -319,9 +331,23 @@ fn supervise(child: Pid, forwarded: &SigSet) -> Result<i32, InitError> {
     }
 }
 
-fn pid1(spec: &InitSpec, forwarded: &SigSet, previous_mask: &SigSet) -> Result<i32, InitError> {
+fn pid1(
+    spec: &InitSpec,
+    forwarded: &SigSet,
+    previous_mask: &SigSet,
+    keeper_alive: OwnedFd,
+) -> Result<i32, InitError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .context(|| "setting the parent-death signal".into())?;
+    let mut pipe = [PollFd::new(keeper_alive.as_fd(), PollFlags::POLLIN)];
+    poll(&mut pipe, PollTimeout::ZERO).context(|| "checking on the keeper".into())?;
+    if pipe[0]
+        .revents()
+        .is_some_and(|events| events.contains(PollFlags::POLLHUP))
+    {
+        return Err(InitError::Aborted);
+    }
+    drop(keeper_alive);
     mount(
         Some("proc"),
         "/proc",
