@@ -46,12 +46,14 @@ pub fn run() -> bool {
         result: detached_mount(),
         fix: "Linux 5.2 or newer (fsopen/fsmount)",
     });
+    // Asked here, in the host's namespace: in the throwaway one even loopback is down.
+    let ipv6 = ipv6();
     if nix::unistd::geteuid().is_root() {
-        checks.extend(in_throwaway_netns());
+        checks.extend(in_throwaway_netns(ipv6.is_ok()));
     }
     checks.push(Check {
         name: "IPv6",
-        result: ipv6(),
+        result: ipv6,
         fix:
             "optional: enable IPv6 (sysctl net.ipv6.conf.all.disable_ipv6=0) for IPv6 in sandboxes",
     });
@@ -121,14 +123,14 @@ fn ipv6() -> Result<String, String> {
 }
 
 /// The checks that change kernel state, run in a network namespace that disappears with its thread.
-fn in_throwaway_netns() -> Vec<Check> {
-    let outcome = std::thread::spawn(|| -> Result<Vec<Check>, String> {
+fn in_throwaway_netns(ipv6: bool) -> Vec<Check> {
+    let outcome = std::thread::spawn(move || -> Result<Vec<Check>, String> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(runtime.block_on(kernel_checks()))
+        Ok(runtime.block_on(kernel_checks(ipv6)))
     })
     .join();
     match outcome {
@@ -146,9 +148,16 @@ fn in_throwaway_netns() -> Vec<Check> {
     }
 }
 
-async fn kernel_checks() -> Vec<Check> {
+fn families(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "IPv4 and IPv6"
+    } else {
+        "IPv4 (IPv6 not checked: unavailable)"
+    }
+}
+
+async fn kernel_checks(ipv6: bool) -> Vec<Check> {
     let mut checks = Vec::new();
-    let ipv6 = ipv6().is_ok();
     checks.push(Check {
         name: "nftables with tproxy",
         result: nft::install(RulesetParams {
@@ -177,11 +186,16 @@ async fn kernel_checks() -> Vec<Check> {
     };
     checks.push(Check {
         name: "policy routing",
-        result: netlink
-            .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
-            .await
-            .map(|()| "fwmark rule and local route table".to_string())
-            .map_err(|e| e.to_string()),
+        // The local routes go through loopback, as on the host.
+        result: async {
+            netlink.loopback_up().await?;
+            netlink
+                .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
+                .await
+        }
+        .await
+        .map(|()| format!("fwmark rule and local route table, {}", families(ipv6)))
+        .map_err(|e| e.to_string()),
         fix: "a kernel with CONFIG_IP_MULTIPLE_TABLES (and CONFIG_IPV6_MULTIPLE_TABLES)",
     });
     checks.push(Check {
@@ -215,6 +229,6 @@ async fn veth(netlink: &Netlink, ipv6: bool) -> Result<String, String> {
     netlink
         .create_sandbox_link(&spec, peer.as_fd())
         .await
-        .map(|()| "veth pair into a new namespace".to_string())
+        .map(|()| format!("veth pair into a new namespace, {}", families(ipv6)))
         .map_err(|e| e.to_string())
 }

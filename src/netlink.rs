@@ -497,6 +497,11 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Brings up the namespace's loopback device (down in a new network namespace).
+    pub async fn loopback_up(&self) -> Result<(), NetlinkError> {
+        self.set_up(LOOPBACK_INDEX, "lo").await
+    }
+
     async fn set_up(&self, index: u32, ifname: &str) -> Result<(), NetlinkError> {
         let link = LinkUnspec::new_with_index(index).up().build();
         let request = self.handle.link().change(link).execute();

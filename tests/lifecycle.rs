@@ -268,3 +268,28 @@ fn a_second_daemon_leaves_the_first_alone() {
     assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
     d.finish();
 }
+
+/// `sandbox doctor` on this machine (run in the test's own "host" namespace, which has IPv6): every
+/// check passes, and the kernel checks try IPv6 as well as IPv4 (they ran in a namespace whose loopback
+/// was down, and skipped IPv6 there whatever the host had).
+#[test]
+fn doctor_checks_the_kernel_for_both_families() {
+    if skip_unless_privileged() {
+        return;
+    }
+    let net = TestNet::new();
+    let mut cmd = Command::new(tool("ip"));
+    cmd.args(["netns", "exec", &net.h]).arg(bin()).arg("doctor");
+    let o = run_command(cmd, Duration::from_secs(60));
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for line in [
+        "ok    nftables with tproxy:",
+        "ok    policy routing: fwmark rule and local route table, IPv4 and IPv6",
+        "ok    veth: veth pair into a new namespace, IPv4 and IPv6",
+        "ok    IPv6: available",
+    ] {
+        assert!(out.contains(line), "no {line:?}: {}", describe(&o));
+    }
+    net.assert_no_daemon_objects();
+}
