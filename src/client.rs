@@ -124,19 +124,27 @@ fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
         .collect();
     paths.sort();
     paths.dedup();
+    let mut budget = crate::trust::MAX_CALLER_FILE as u64;
     paths
         .into_iter()
         .filter_map(|path| {
             let file = std::fs::File::open(&path).ok()?;
             let metadata = file.metadata().ok()?;
-            if !metadata.is_file() || metadata.len() > crate::trust::MAX_CALLER_FILE as u64 {
+            if !metadata.is_file() {
+                return None;
+            }
+            if metadata.len() > budget {
+                eprintln!(
+                    "sandbox: {} is not given the sandbox's CA: the CA files your environment names \
+                     pass {} MiB in all; programs that read it will not trust intercepted hosts",
+                    path.to_string_lossy(),
+                    crate::trust::MAX_CALLER_FILE >> 20
+                );
                 return None;
             }
             let mut content = Vec::new();
-            (&file)
-                .take(crate::trust::MAX_CALLER_FILE as u64)
-                .read_to_end(&mut content)
-                .ok()?;
+            (&file).take(budget).read_to_end(&mut content).ok()?;
+            budget -= content.len() as u64;
             Some((Bytes::from(path.as_os_str()), Bytes(content)))
         })
         .collect()
@@ -203,9 +211,6 @@ impl Terminal {
         let saved = termios::tcgetattr(&stdin).map_err(ClientError::Terminal)?;
         let size = window_size(stdin.as_fd());
         let pty = nix::pty::openpty(size.as_ref(), Some(&saved)).map_err(ClientError::Terminal)?;
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).map_err(ClientError::Terminal)?;
         let _ = MASTER.set(pty.master.as_raw_fd());
         Ok(Some(Terminal {
             master: pty.master,
@@ -227,8 +232,10 @@ impl Terminal {
         }
     }
 
-    /// Copies keystrokes to the command and its output back. The slave is closed here: from now on only
-    /// the sandbox holds it, so reading the master ends when the last process of the sandbox is gone.
+    /// Puts the caller's terminal in raw mode (the sandbox's pseudo-terminal does the line editing) and
+    /// copies keystrokes to the command and its output back; the returned `Relay` gives the terminal back
+    /// as it was, also when dropped on an error. The slave is closed here: from now on only the sandbox
+    /// holds it, so reading the master ends when the last process of the sandbox is gone.
     fn start_relay(self) -> Result<Relay, ClientError> {
         let Terminal {
             master,
@@ -238,6 +245,9 @@ impl Terminal {
         } = self;
         drop(slave);
         let mut input = std::fs::File::from(master.try_clone()?);
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(io::stdin(), SetArg::TCSANOW, &raw).map_err(ClientError::Terminal)?;
         std::thread::spawn(move || {
             let mut stdin = io::stdin().lock();
             let mut buffer = [0u8; 4096];

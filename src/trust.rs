@@ -117,9 +117,10 @@ pub fn variables() -> impl Iterator<Item = &'static str> {
     SET_WHEN_UNSET.iter().chain(APPEND_IF_SET).copied()
 }
 
-/// Caller files larger than this are not copied: no CA bundle comes near it, and the daemon
-/// should not hold a user's large file in memory for them.
-pub const MAX_CALLER_FILE: usize = 16 << 20;
+/// The caller's files, all together, are copied only up to this much: a distribution's bundle is about
+/// 220 KiB, the request that carries them is at most `protocol::MAX_FRAME` (4 MiB), and the daemon should
+/// not hold a user's large files in memory for them.
+pub const MAX_CALLER_FILE: usize = 2 << 20;
 
 /// What to change for one sandbox.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -288,6 +288,18 @@ fn stdio_pipes_and_files() {
     assert_eq!(fs::read_to_string(&path).unwrap(), "to-file\n");
     assert_eq!(stderr(&o), "to-err\n");
 
+    // A caller that closed stdin and stderr (`<&- 2>&-`): the command finds /dev/null there (Rust's
+    // start-up opens it on a closed standard descriptor), never the client's connection to the daemon,
+    // which would otherwise take the lowest free number and reach the sandbox.
+    let mut cmd = d.caller_command(&user, tool("sh"));
+    cmd.arg("-c")
+        .arg("exec \"$0\" exec --socket \"$1\" -- sh -c 'readlink /proc/self/fd/0 /proc/self/fd/2 >&1' <&- 2>&-")
+        .arg(bin())
+        .arg(&d.socket);
+    let o = run_command(cmd, std::time::Duration::from_secs(30));
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), "/dev/null\n/dev/null\n", "{}", describe(&o));
+
     d.finish();
 }
 

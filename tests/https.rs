@@ -1927,6 +1927,32 @@ fn a_ca_bundle_the_caller_names_gets_the_sandbox_ca_added() {
         fs::read(&own).unwrap() == before,
         "the caller's file changed outside the sandbox"
     );
+
+    // A bundle past what the request carries (3 MiB) is left as it is, with a word on stderr, and the
+    // sandbox is made all the same (it was refused: the request was over its 4 MiB frame).
+    let huge = d.work.join("huge-ca.pem");
+    fs::write(&huge, before.repeat((3 << 20) / before.len() + 1)).unwrap();
+    let o = d
+        .exec(&user)
+        .env("CURL_CA_BUNDLE", &huge)
+        .args([
+            "sh",
+            "-c",
+            "grep -c 'BEGIN CERTIFICATE' \"$CURL_CA_BUNDLE\"",
+        ])
+        .run();
+    assert_code(&o, 0);
+    assert_eq!(
+        stdout(&o).trim(),
+        ((3 << 20) / before.len() + 1).to_string(),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        stderr(&o).contains("is not given the sandbox's CA"),
+        "{}",
+        describe(&o)
+    );
     d.finish();
 }
 
