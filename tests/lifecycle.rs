@@ -223,6 +223,8 @@ fn a_second_daemon_leaves_the_first_alone() {
     r.wait_for_line("ready");
     let links = net.sbx_links();
     assert_eq!(links.len(), 1, "{links:?}");
+    // What `finish` checks is gone once the sandbox ends is visible while it runs.
+    assert_eq!(d.held_namespaces().len(), 1, "{:?}", d.held_namespaces());
 
     let second = |config: &std::path::Path| {
         let mut cmd = Command::new(tool("ip"));

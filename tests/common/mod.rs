@@ -1784,9 +1784,40 @@ users = ["root"]
             .collect()
     }
 
-    /// The end of every test: no sandbox object left; SIGTERM; exit status 0; nothing of the daemon left.
+    /// Namespaces the daemon holds open (by descriptor) while no sandbox runs: those of an ended sandbox
+    /// would outlive it, with whatever is inside them.
+    pub fn held_namespaces(&self) -> Vec<String> {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            return Vec::new();
+        };
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| fs::read_link(entry.ok()?.path()).ok())
+                    .map(|target| target.display().to_string())
+                    .filter(|target| {
+                        ["net:[", "mnt:[", "pid:[", "ipc:[", "uts:["]
+                            .iter()
+                            .any(|kind| target.starts_with(kind))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The end of every test: no sandbox object left, no sandbox namespace held; SIGTERM; exit status 0;
+    /// nothing of the daemon left.
     pub fn finish(mut self) {
         self.net.assert_no_sandbox_objects();
+        let mut held = Vec::new();
+        let released = wait_for(SETTLE, || {
+            held = self.held_namespaces();
+            held.is_empty().then_some(())
+        });
+        assert!(
+            released.is_some(),
+            "the daemon still holds namespaces of ended sandboxes: {held:?}"
+        );
         self.signal(Signal::SIGTERM);
         let status = self.wait_exit(Duration::from_secs(15));
         assert!(status.success(), "daemon exit on SIGTERM: {status}");
