@@ -161,8 +161,8 @@ pub struct SandboxNetwork {
 }
 
 pub struct Daemon {
-    config: RwLock<Arc<Config>>,
-    secrets: RwLock<Arc<Secrets>>,
+    /// Together, so that a sandbox never gets the integrations of one config and the secrets of another.
+    current: RwLock<(Arc<Config>, Arc<Secrets>)>,
     pub upstreams: Upstreams,
     id_salt: u32,
     next_id: AtomicU32,
@@ -198,8 +198,7 @@ impl Daemon {
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
             .unwrap_or(0);
         Daemon {
-            config: RwLock::new(config),
-            secrets: RwLock::new(secrets),
+            current: RwLock::new((config, secrets)),
             upstreams,
             id_salt,
             next_id: AtomicU32::new(0),
@@ -219,20 +218,16 @@ impl Daemon {
     }
 
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current().0
     }
 
     /// Takes effect for sandboxes started from now on.
     pub fn set_config(&self, config: Arc<Config>, secrets: Arc<Secrets>) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
-        *self.secrets.write().unwrap_or_else(|e| e.into_inner()) = secrets;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (config, secrets);
     }
 
-    fn secrets(&self) -> Arc<Secrets> {
-        self.secrets
+    fn current(&self) -> (Arc<Config>, Arc<Secrets>) {
+        self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -357,7 +352,7 @@ impl Daemon {
         fds: Vec<OwnedFd>,
         command: String,
     ) -> Result<(Arc<Sandbox>, tokio::process::Child, Wiring), SetupError> {
-        let config = self.config();
+        let (config, secrets) = self.current();
         let profile = config
             .select_profile(
                 request.profile.as_deref(),
@@ -405,7 +400,7 @@ impl Daemon {
                     caller: caller.clone(),
                     profile,
                     integrations,
-                    secrets: self.secrets(),
+                    secrets,
                     ca,
                     pid,
                     command,
