@@ -194,6 +194,42 @@ fn sighup_reloads_config_and_keeps_the_old_one_when_broken() {
         d.logs()
     );
     assert_eq!(newone(&d), 0, "old config not kept\n{}", d.logs());
+
+    // Valid TOML that cannot be loaded (a secret file that is not there, an upstream_ca that is not
+    // there), without newone: refused whole, the old config kept.
+    for broken in [
+        "[secrets]\nk = { file = \"/nonexistent/sandbox-secret\" }\n",
+        "",
+    ] {
+        let log_len = d.logs().len();
+        let mut text = d.config_text(broken);
+        if broken.is_empty() {
+            text = text.replacen(
+                "[daemon]\n",
+                "[daemon]\nupstream_ca = [\"/nonexistent/ca.pem\"]\n",
+                1,
+            );
+        }
+        d.write_config(&text);
+        d.signal(Signal::SIGHUP);
+        let reported = wait_for(SETTLE, || {
+            d.logs()[log_len..]
+                .contains("config reload failed, keeping the previous config")
+                .then_some(())
+        });
+        assert!(reported.is_some(), "{broken:?}: {}", d.logs());
+        assert!(
+            d.logs()[log_len..].contains("/nonexistent/"),
+            "{}",
+            d.logs()
+        );
+        assert_eq!(
+            newone(&d),
+            0,
+            "{broken:?}: old config not kept\n{}",
+            d.logs()
+        );
+    }
     assert_code(&d.exec(&user).args(["true"]).run(), 0);
     d.finish();
 }
