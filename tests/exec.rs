@@ -450,9 +450,16 @@ fn ls_lists_running_sandbox() {
     let d = net.daemon().start();
     let user = test_user();
     let tag = unique_sleep();
+    // One connection with bytes both ways first, so that the counters have something to show.
     let mut r = d
         .exec(&user)
-        .args(["sh", "-c", &format!("echo ready; exec sleep {tag}")])
+        .args([
+            "sh",
+            "-c",
+            &format!(
+                "curl -sS --max-time 5 -o /dev/null http://{DNS_NAME}/ && echo ready; exec sleep {tag}"
+            ),
+        ])
         .spawn();
     r.wait_for_line("ready");
     let found = wait_for(SETTLE, || {
@@ -476,6 +483,41 @@ fn ls_lists_running_sandbox() {
         "user missing: {line}"
     );
     assert!(line.contains("default"), "profile missing: {line}");
+
+    // The same through SANDBOX_SOCKET, as JSON: every column has its value.
+    let o = std::process::Command::new(bin())
+        .args(["ls", "--json"])
+        .env("SANDBOX_SOCKET", &d.socket)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let sandboxes = listed.as_array().unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(sandboxes.len(), 1, "{listed}");
+    let s = &sandboxes[0];
+    let id = s["id"].as_str().unwrap();
+    assert!(
+        line.starts_with(id),
+        "table and JSON disagree: {line} / {s}"
+    );
+    assert!(
+        id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{s}"
+    );
+    assert_eq!(s["user"], TEST_USER, "{s}");
+    assert_eq!(s["uid"], user.uid, "{s}");
+    assert_eq!(s["profile"], "default", "{s}");
+    let pid = s["pid"].as_u64().unwrap();
+    assert!(
+        fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "pid {pid} is not a live process: {s}"
+    );
+    assert!(s["command"].as_str().unwrap().contains("sleep"), "{s}");
+    assert!(s["age_secs"].as_u64().unwrap() < 60, "{s}");
+    assert!(s["connections"].as_u64().unwrap() >= 1, "{s}");
+    assert!(s["bytes_up"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["bytes_down"].as_u64().unwrap() > 0, "{s}");
 
     r.signal(Signal::SIGTERM);
     let o = r.finish();
