@@ -304,7 +304,7 @@ impl HostPattern {
                 wildcard.matches(name)
             }
             (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => {
-                a == b || HostPattern::Wildcard(a.clone()).matches(b) || other.matches(a)
+                a == b || self.matches(b) || other.matches(a)
             }
         }
     }
