@@ -9,6 +9,12 @@ use clap::{Parser, Subcommand};
 use sandbox::config::DEFAULT_SOCKET;
 use sandbox::{client, daemon, doctor, init};
 
+/// glibc's malloc took 8% of the daemon's CPU on small proxied requests, much of it merging freed chunks;
+/// with mimalloc the daemon's CPU per kept-alive HTTP/1.1 request (16 connections) went from 19 to 15.5 us
+/// (means of 4 alternating runs of scripts/bench), for about 10 KiB more per idle intercepted connection.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run programs in a network sandbox; a privileged daemon adds secret headers to their HTTPS requests.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
