@@ -16,7 +16,7 @@ use sandbox::{client, daemon, doctor, init};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc 3's numbers for the options set below (`mi_option_e` in its mimalloc.h; libmimalloc-sys
-/// names only mimalloc 2's, which differ). A test checks the numbers around them.
+/// names only mimalloc 2's, which differ). A test checks them against the options' defaults.
 const MI_OPTION_ARENA_EAGER_COMMIT: i32 = 4;
 const MI_OPTION_PURGE_DELAY: i32 = 15;
 
@@ -183,6 +183,7 @@ mod tests {
     /// option's documented default (purge delay 1000 ms, eager commit 2, options.c), until set.
     #[test]
     fn the_allocator_options_are_mimalloc_3s() {
+        // SAFETY: reads one of mimalloc's options, which it allows at any time.
         let get = |option| unsafe { libmimalloc_sys::mi_option_get(option) };
         assert_eq!(get(MI_OPTION_ARENA_EAGER_COMMIT), 2);
         assert_eq!(get(MI_OPTION_PURGE_DELAY), 1000);
