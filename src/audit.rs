@@ -3,15 +3,19 @@
 //! a secret value. One writer task owns the file, so lines never interleave; a full queue slows the proxies
 //! down rather than dropping records.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::PollSender;
 
 use crate::lifecycle::Sandbox;
 
@@ -170,6 +174,77 @@ impl Audit {
             tracing::error!("audit queue full; a record was lost");
         }
     }
+
+    /// A handle for code that is polled rather than awaited.
+    pub fn polled(&self) -> PolledLog {
+        PolledLog::new(self.queue.clone())
+    }
+}
+
+/// The audit queue for code that is polled rather than awaited (the HTTP/2 relay). A record that finds
+/// the queue full waits here, and its connection reads nothing more from its client until `poll_drain`
+/// has passed every waiting record on: a sandbox that makes requests faster than the log is written
+/// (streams it resets at once cost it nothing) is slowed down to that pace, and no record is lost.
+pub struct PolledLog {
+    queue: PollSender<Record>,
+    waiting: VecDeque<Record>,
+}
+
+impl PolledLog {
+    pub fn new(queue: mpsc::Sender<Record>) -> Self {
+        PolledLog {
+            queue: PollSender::new(queue),
+            waiting: VecDeque::new(),
+        }
+    }
+
+    pub fn log(&mut self, record: Record) {
+        let record = match self.queue.get_ref() {
+            Some(queue) if self.waiting.is_empty() => match queue.try_send(record) {
+                Err(TrySendError::Full(record)) => record,
+                Ok(()) | Err(TrySendError::Closed(_)) => return,
+            },
+            Some(_) => record,
+            None => return,
+        };
+        self.waiting.push_back(record);
+    }
+
+    /// Whether no record waits for room in the queue.
+    pub fn is_clear(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Passes waiting records on as the queue makes room; ready once none waits.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.waiting.is_empty() {
+            match self.queue.poll_reserve(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(record) = self.waiting.pop_front() {
+                        let _ = self.queue.send_item(record);
+                    }
+                }
+                // The writer is gone (the daemon is stopping): there is nowhere to wait for.
+                Poll::Ready(Err(_)) => self.waiting.clear(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for PolledLog {
+    /// A connection dropped without being closed (the daemon stopping) hands over what it can.
+    fn drop(&mut self) {
+        let Some(queue) = self.queue.get_ref() else {
+            return;
+        };
+        for record in self.waiting.drain(..) {
+            if queue.try_send(record).is_err() {
+                tracing::error!("audit queue full; a record was lost");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -177,26 +252,58 @@ mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    #[test]
-    fn a_record_is_one_json_object_that_begins_with_its_end_time() {
-        let record = Record {
-            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+    fn record(bytes_up: u64) -> Record {
+        Record {
+            time: UNIX_EPOCH,
             sandbox: "sbx-1".into(),
             uid: 1000,
             profile: "default".into(),
-            kind: Kind::TlsPassthrough,
+            kind: Kind::Https,
             destination: "10.0.0.3:443".into(),
-            sni: Some("api.example.com".into()),
+            sni: None,
             method: None,
             host: None,
             path: None,
             status: None,
             integration: None,
-            bytes_up: 1,
+            bytes_up,
+            bytes_down: 0,
+            duration_ms: 0,
+            verdict: Verdict::Injected,
+            error: None,
+        }
+    }
+
+    /// A full queue keeps records waiting, in order, until it has room; none is dropped.
+    #[tokio::test]
+    async fn a_polled_log_keeps_what_a_full_queue_cannot_take() {
+        let (queue, mut written) = mpsc::channel(1);
+        let mut log = PolledLog::new(queue);
+        for n in 0..3 {
+            log.log(record(n));
+        }
+        assert!(!log.is_clear());
+        let drained = std::future::poll_fn(|cx| Poll::Ready(log.poll_drain(cx))).await;
+        assert!(drained.is_pending(), "the queue has no room yet");
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(written.recv().await.unwrap().bytes_up);
+            let _ = std::future::poll_fn(|cx| Poll::Ready(log.poll_drain(cx))).await;
+        }
+        assert_eq!(seen, [0, 1, 2]);
+        assert!(log.is_clear());
+    }
+
+    #[test]
+    fn a_record_is_one_json_object_that_begins_with_its_end_time() {
+        let record = Record {
+            time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            kind: Kind::TlsPassthrough,
+            sni: Some("api.example.com".into()),
             bytes_down: 2,
             duration_ms: 3,
             verdict: Verdict::Passed,
-            error: None,
+            ..record(1)
         };
         let line = serde_json::to_string(&record).unwrap();
         assert_eq!(

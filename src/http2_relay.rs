@@ -31,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant as Clock, Sleep};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::audit::{Record, Verdict};
+use crate::audit::{PolledLog, Record, Verdict};
 use crate::hpack;
 use crate::http_proxy::host_matches;
 use crate::workers::InFlight;
@@ -112,9 +112,11 @@ pub struct Scope {
     /// The integration's headers, HPACK-encoded (never indexed), and their names in lower case; or why
     /// they cannot be made (a secret that is not loaded).
     pub injected: Result<Injected, String>,
-    /// Filled in per request (method, host, path, status, bytes, verdict) and handed to `finished`.
+    /// Filled in per request (method, host, path, status, bytes, verdict), counted and logged.
     pub record: Record,
-    pub finished: Box<dyn Fn(Record) + Send + Sync>,
+    pub log: PolledLog,
+    /// Told of each request's record as it is logged (the sandbox's byte counts).
+    pub counted: Box<dyn Fn(&Record) + Send + Sync>,
 }
 
 pub struct Injected {
@@ -123,6 +125,11 @@ pub struct Injected {
 }
 
 impl Scope {
+    fn finished(&mut self, record: Record) {
+        (self.counted)(&record);
+        self.log.log(record);
+    }
+
     fn authority(&self) -> String {
         if self.port == 443 {
             self.sni.clone()
@@ -804,8 +811,10 @@ where
                 Poll::Pending => {}
             }
             // Everything each peer has sent is read before anything is written, so that the frames of
-            // several TLS records leave in one write.
-            while !self.client_eof && self.core.room() {
+            // several TLS records leave in one write. Not from a client whose requests' audit records
+            // wait for room in the log's queue (`PolledLog`).
+            let logged = self.core.scope.log.poll_drain(cx).is_ready();
+            while logged && !self.client_eof && self.core.room() && self.core.scope.log.is_clear() {
                 let core = &mut self.core;
                 let read = poll_read_frames(&mut self.client, &mut self.client_in, cx, |input| {
                     core.client_frames(input)
@@ -918,7 +927,7 @@ where
         };
         tracing::debug!(sni = %core.scope.sni, %reason, "HTTP/2 relay ended");
         for (_, exchange) in core.exchanges.drain() {
-            finish(&core.scope, exchange, Some(reason.clone()));
+            finish(&mut core.scope, exchange, Some(reason.clone()));
         }
         if let Some(code) = client_error {
             // A GOAWAY may repeat an earlier one (the upstream's, passed on), never name a later stream.
@@ -934,8 +943,10 @@ where
         let upstream = &mut self.upstream;
         let to_client = &mut core.to_client;
         let to_upstream = &mut core.to_upstream;
+        let log = &mut core.scope.log;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             let _ = tokio::join!(
+                poll_fn(|cx| log.poll_drain(cx)),
                 async {
                     if poll_fn(|cx| poll_write_all(client, to_client, cx))
                         .await
@@ -1060,7 +1071,7 @@ fn poll_read_frames<T: AsyncRead + Unpin>(
 }
 
 /// Writes the audit record of an exchange that ended (`error`: why it did not end well).
-fn finish(scope: &Scope, exchange: Exchange, error: Option<String>) {
+fn finish(scope: &mut Scope, exchange: Exchange, error: Option<String>) {
     let mut record = exchange.record;
     record.status = exchange.status;
     record.bytes_up = exchange.bytes_up;
@@ -1075,7 +1086,7 @@ fn finish(scope: &Scope, exchange: Exchange, error: Option<String>) {
         )
     };
     record.finish(verdict, error, exchange.started);
-    (scope.finished)(record);
+    scope.finished(record);
 }
 
 /// Whether `name` may appear in an HTTP/2 field name: a token, in lower case.
@@ -1542,7 +1553,7 @@ impl Core {
                 Some(format!("malformed HTTP/2 request: {why}")),
                 Instant::now(),
             );
-            (self.scope.finished)(record);
+            self.scope.finished(record);
             return;
         }
         let sni = self.scope.sni.clone();
@@ -1697,7 +1708,7 @@ impl Core {
         record.status = Some(status);
         record.bytes_down = if send_body { body.len() as u64 } else { 0 };
         record.finish(verdict, Some(message), Instant::now());
-        (self.scope.finished)(record);
+        self.scope.finished(record);
     }
 
     /// Passes a RST_STREAM from `from` to the other peer and ends its exchange, if the stream is one the
@@ -1717,7 +1728,7 @@ impl Core {
             from.name(),
             reason_name(code)
         );
-        finish(&self.scope, exchange, Some(why));
+        finish(&mut self.scope, exchange, Some(why));
         self.note_idle();
         true
     }
@@ -1727,7 +1738,7 @@ impl Core {
         if let Some(exchange) = self.exchanges.remove(&stream) {
             write_rst(&mut self.to_client.buf, stream, code);
             write_rst(&mut self.to_upstream.buf, stream, code);
-            finish(&self.scope, exchange, Some(why.to_string()));
+            finish(&mut self.scope, exchange, Some(why.to_string()));
             self.note_idle();
         }
     }
@@ -1740,7 +1751,7 @@ impl Core {
             .is_some_and(|exchange| !exchange.request_open && !exchange.response_open);
         if done {
             if let Some(exchange) = self.exchanges.remove(&stream) {
-                finish(&self.scope, exchange, None);
+                finish(&mut self.scope, exchange, None);
             }
             self.note_idle();
         }
@@ -1804,7 +1815,7 @@ impl Core {
                 for id in refused {
                     if let Some(exchange) = self.exchanges.remove(&id) {
                         finish(
-                            &self.scope,
+                            &mut self.scope,
                             exchange,
                             Some("the upstream went away before taking it (GOAWAY)".into()),
                         );
@@ -2016,8 +2027,15 @@ mod tests {
     /// Requests as the upstream saw them: (method, authority, path, headers).
     type Seen = Arc<Mutex<Vec<(Method, String, String, HeaderMap)>>>;
 
+    /// A scope whose audit records end up in `records`, through a queue.
     fn scope(records: &Records, injected: Result<Injected, String>) -> Scope {
         let records = records.clone();
+        let (queue, mut logged) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(record) = logged.recv().await {
+                records.lock().unwrap().push(record);
+            }
+        });
         Scope {
             sni: SNI.into(),
             port: 443,
@@ -2041,7 +2059,8 @@ mod tests {
                 verdict: Verdict::Passed,
                 error: None,
             },
-            finished: Box::new(move |record| records.lock().unwrap().push(record)),
+            log: PolledLog::new(queue),
+            counted: Box::new(|_| {}),
         }
     }
 

@@ -129,16 +129,15 @@ fn relay_scope(
 ) -> http2_relay::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
     let injected = injected_fields(integration, &sandbox.secrets);
-    let audit = daemon.audit.clone();
     let sandbox = sandbox.clone();
     http2_relay::Scope {
         sni,
         port: destination.port(),
         injected,
         record,
-        finished: Box::new(move |record: Record| {
+        log: daemon.audit.polled(),
+        counted: Box::new(move |record: &Record| {
             sandbox.stats.add_bytes(record.bytes_up, record.bytes_down);
-            audit.log_now(record);
         }),
     }
 }
