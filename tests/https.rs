@@ -2476,7 +2476,7 @@ print("streams", sent[0])
 "#;
 
 /// Runs `flood` in one sandbox while another makes 20 requests, each on a new connection, and checks
-/// they took no more than a few times as long as on an idle daemon. A daemon that served connections
+/// they took no more than five times as long as on an idle daemon (or 250 ms). A daemon that served connections
 /// first come, first served, or one sandbox's backlog before another's, would keep them waiting for
 /// seconds. `count` reads from the flood's output how many `what` it made, which must be at least
 /// `at_least` for the flood to have loaded the daemon.
@@ -2529,8 +2529,10 @@ fn assert_flood_does_not_starve(
         "median request time {idle_median:.3} s idle, {loaded_median:.3} s while another sandbox \
          made {made} {what}"
     );
+    // Starving is seconds. The floor keeps a fast idle figure from making tens of milliseconds a
+    // failure: the two cores are shared with the flood itself, and with the tests running beside this.
     assert!(
-        loaded_median <= 5.0 * idle_median,
+        loaded_median <= 5.0 * idle_median.max(0.05),
         "another sandbox's flood of {what} slowed requests from {idle_median:.3} s to \
          {loaded_median:.3} s: {loaded:?}"
     );
