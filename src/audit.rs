@@ -170,9 +170,7 @@ impl Audit {
 
     /// For places that cannot wait (a body being dropped): a full queue loses this record, loudly.
     pub fn log_now(&self, record: Record) {
-        if self.queue.try_send(record).is_err() {
-            tracing::error!("audit queue full; a record was lost");
-        }
+        hand_over(&self.queue, record);
     }
 
     /// A handle for code that is polled rather than awaited.
@@ -240,10 +238,15 @@ impl Drop for PolledLog {
             return;
         };
         for record in self.waiting.drain(..) {
-            if queue.try_send(record).is_err() {
-                tracing::error!("audit queue full; a record was lost");
-            }
+            hand_over(queue, record);
         }
+    }
+}
+
+/// Queues `record` if there is room; a full queue loses it, loudly.
+fn hand_over(queue: &mpsc::Sender<Record>, record: Record) {
+    if queue.try_send(record).is_err() {
+        tracing::error!("audit queue full; a record was lost");
     }
 }
 

@@ -2390,10 +2390,7 @@ fn a_flooding_sandbox_does_not_starve_another() {
 fn a_sandbox_flooding_tls_handshakes_does_not_starve_another() {
     let flood = format!("python3 -c '{HANDSHAKE_FLOOD}' {API_HOST} 32 20 2>&1");
     assert_flood_does_not_starve(&flood, "TLS handshakes", 500, |report| {
-        report
-            .lines()
-            .find_map(|l| l.strip_prefix("handshakes "))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        count_after(report, "handshakes ")
     });
 }
 
@@ -2427,10 +2424,7 @@ print("handshakes", done[0], "failed", failed[0])
 fn a_sandbox_resetting_http2_streams_does_not_starve_another() {
     let flood = format!("python3 -c '{RESET_FLOOD}' {API_HOST} 2 10 2>&1");
     assert_flood_does_not_starve(&flood, "reset streams", 100_000, |report| {
-        report
-            .lines()
-            .find_map(|l| l.strip_prefix("streams "))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        count_after(report, "streams ")
     });
 }
 
@@ -2474,6 +2468,14 @@ for worker in workers: worker.start()
 for worker in workers: worker.join()
 print("streams", sent[0])
 "#;
+
+/// The number after `word` at the start of a line of a flood script's `report`.
+fn count_after(report: &str, word: &str) -> Option<u64> {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(word))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+}
 
 /// Runs `flood` in one sandbox while another makes 20 requests, each on a new connection, and checks
 /// they took no more than five times as long as on an idle daemon (or 250 ms). A daemon that served connections
