@@ -12,7 +12,11 @@
 //! - settings that concern the relay itself are rewritten: push is off, header tables, frame sizes and
 //!   concurrent streams are capped;
 //! - PING is answered by the relay on each side; answers the relay gives itself (421 and the like) draw
-//!   their body's window from a small reserve it keeps of the client's connection window.
+//!   their body's window from a small reserve it keeps of the client's connection window;
+//! - an upstream going away: its GOAWAY passes as it came and later streams are refused (REFUSED_STREAM), so
+//!   that the client sends what was not processed again on a new connection (its own upstream connection is
+//!   the one going away); when the upstream connection ends, idempotent requests without an answer are
+//!   refused too.
 //!
 //! Why: two full HTTP/2 stacks cost the daemon about twice the CPU per request of this relay (38 against 20
 //! µs here), which decided whether an HTTP/2 client behind the sandbox got half of its direct speed.
@@ -34,6 +38,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::audit::{PolledLog, Record, Verdict};
 use crate::hpack;
 use crate::http_proxy::host_matches;
+use crate::policy::is_idempotent;
 use crate::workers::InFlight;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -705,7 +710,10 @@ struct Core {
     /// Connection window to give back to each peer for DATA the relay dropped (a stream already closed).
     credit_client: u32,
     credit_upstream: u32,
+    /// The last stream the upstream's GOAWAY says it processed: no stream above it goes there.
     upstream_goaway: Option<u32>,
+    /// The last stream named in the GOAWAY sent to the client: a later GOAWAY may not name a higher one.
+    goaway_sent: Option<u32>,
     idle_since: Option<Clock>,
     started: Clock,
     scratch: Vec<u8>,
@@ -764,6 +772,7 @@ where
             credit_client: 0,
             credit_upstream: 0,
             upstream_goaway: None,
+            goaway_sent: None,
             idle_since: Some(now),
             started: now,
             scratch: Vec::new(),
@@ -904,11 +913,7 @@ where
                 "the client closed the connection".into(),
             ),
             End::UpstreamClosed => (
-                Some(if core.exchanges.is_empty() {
-                    NO_ERROR
-                } else {
-                    INTERNAL_ERROR
-                }),
+                Some(NO_ERROR),
                 None,
                 "the upstream closed the connection".to_string(),
             ),
@@ -923,16 +928,55 @@ where
                 Some(fatal.code),
                 format!("upstream protocol error: {}", fatal.why),
             ),
-            End::Io(error) => (None, None, format!("connection failed: {error}")),
+            // Whichever side failed: the other is told, if it is still there.
+            End::Io(error) => (
+                Some(NO_ERROR),
+                Some(NO_ERROR),
+                format!("connection failed: {error}"),
+            ),
         };
         tracing::debug!(sni = %core.scope.sni, %reason, "HTTP/2 relay ended");
-        for (_, exchange) in core.exchanges.drain() {
-            finish(&mut core.scope, exchange, Some(reason.clone()));
+        // The upstream closed after a GOAWAY the client has, with nothing left open: another GOAWAY would
+        // only repeat it (and curl 7.88, given a second, fails a stream the first had it send again).
+        let told = matches!(end, End::UpstreamClosed)
+            && core.goaway_sent.is_some()
+            && core.exchanges.is_empty();
+        // A request without an answer yet that may go twice is refused (REFUSED_STREAM), so that the client
+        // sends it again on a new connection, as the daemon does for HTTP/1.1 clients: the upstream going
+        // (a restart) should not fail it.
+        let upstream_gone = matches!(end, End::UpstreamClosed | End::Io(_));
+        let mut exchanges: Vec<(u32, Exchange)> = core.exchanges.drain().collect();
+        exchanges.sort_unstable_by_key(|(id, _)| *id);
+        let mut failed = false;
+        for (id, exchange) in exchanges {
+            let again = upstream_gone
+                && exchange.status.is_none()
+                && exchange
+                    .record
+                    .method
+                    .as_deref()
+                    .is_some_and(|method| is_idempotent(method.as_bytes()));
+            if again {
+                write_rst(&mut core.to_client.buf, id, REFUSED_STREAM);
+                let why = format!(
+                    "{reason} before answering; the client was told (REFUSED_STREAM) and may send it \
+                     again (it is idempotent)"
+                );
+                finish(&mut core.scope, exchange, Some(why));
+            } else {
+                failed = true;
+                finish(&mut core.scope, exchange, Some(reason.clone()));
+            }
         }
-        if let Some(code) = client_error {
-            // A GOAWAY may repeat an earlier one (the upstream's, passed on), never name a later stream.
+        // The client's streams cut short fail with the connection.
+        let client_error = match client_error {
+            Some(NO_ERROR) if failed && upstream_gone => Some(INTERNAL_ERROR),
+            code => code,
+        };
+        if let Some(code) = client_error.filter(|_| !told) {
+            // A GOAWAY may repeat an earlier one, never name a later stream.
             let last = core
-                .upstream_goaway
+                .goaway_sent
                 .map_or(core.last_stream, |last| last.min(core.last_stream));
             write_goaway(&mut core.to_client.buf, last, code);
         }
@@ -951,8 +995,9 @@ where
                     if poll_fn(|cx| poll_write_all(client, to_client, cx))
                         .await
                         .is_ok()
+                        && client.shutdown().await.is_ok()
                     {
-                        let _ = client.shutdown().await;
+                        linger(client).await;
                     }
                 },
                 async {
@@ -968,6 +1013,14 @@ where
         .await;
         to_upstream.buf.zeroize();
     }
+}
+
+/// Reads and drops what the client still sends until it closes its side (bounded by the caller): closing a
+/// socket with unread data resets the connection, and a reset makes the client's kernel drop what it has
+/// received and not yet read, such as the last frames just written (as nginx lingers, for the same reason).
+async fn linger<C: AsyncRead + Unpin>(client: &mut C) {
+    let mut sink = [0u8; 4096];
+    while matches!(client.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
 impl<C, U> Drop for Relay<C, U> {
@@ -1532,6 +1585,10 @@ impl Core {
         };
         if self.upstream_goaway.is_some_and(|last| stream > last) {
             write_rst(&mut self.to_client.buf, stream, REFUSED_STREAM);
+            let why = "not sent: the upstream is going away (GOAWAY); the client was told \
+                       (REFUSED_STREAM) and may send it again on a new connection";
+            record.finish(Verdict::Error, Some(why.into()), Instant::now());
+            self.scope.finished(record);
             return;
         }
         if self.exchanges.len() >= self.max_streams as usize {
@@ -1802,27 +1859,7 @@ impl Core {
             PING if head.flags & ACK == 0 => {
                 write_frame(&mut self.to_upstream.buf, PING, ACK, 0, payload);
             }
-            GOAWAY => {
-                let last = be32(payload) & 0x7fff_ffff;
-                self.upstream_goaway = Some(last);
-                self.to_client.buf.extend_from_slice(frame);
-                let refused: Vec<u32> = self
-                    .exchanges
-                    .keys()
-                    .copied()
-                    .filter(|&id| id > last)
-                    .collect();
-                for id in refused {
-                    if let Some(exchange) = self.exchanges.remove(&id) {
-                        finish(
-                            &mut self.scope,
-                            exchange,
-                            Some("the upstream went away before taking it (GOAWAY)".into()),
-                        );
-                    }
-                }
-                self.note_idle();
-            }
+            GOAWAY => self.upstream_goaway(frame),
             WINDOW_UPDATE => {
                 window_increment(&head, payload)?;
                 if head.stream == 0 || self.exchanges.contains_key(&head.stream) {
@@ -1832,6 +1869,39 @@ impl Core {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The upstream is going away: the streams above its last one were not processed. The GOAWAY goes to
+    /// the client as it came (its last stream counts the client's streams, which the relay forwards with
+    /// their own numbers): the client sends those streams again on a new connection, as it would if it
+    /// talked to the upstream directly.
+    fn upstream_goaway(&mut self, frame: &[u8]) {
+        let last = be32(&frame[HEAD_LEN..]) & 0x7fff_ffff;
+        self.upstream_goaway = Some(last);
+        if self.goaway_sent.is_none_or(|sent| last <= sent) {
+            self.to_client.buf.extend_from_slice(frame);
+            self.goaway_sent = Some(last);
+        }
+        let refused: Vec<u32> = self
+            .exchanges
+            .keys()
+            .copied()
+            .filter(|&id| id > last)
+            .collect();
+        for id in refused {
+            if let Some(exchange) = self.exchanges.remove(&id) {
+                finish(
+                    &mut self.scope,
+                    exchange,
+                    Some(
+                        "the upstream went away before taking it (GOAWAY); the client was told, \
+                         and may send it again on a new connection"
+                            .into(),
+                    ),
+                );
+            }
+        }
+        self.note_idle();
     }
 
     fn upstream_settings(&mut self, head: Head, payload: &[u8]) -> Result<(), Fatal> {
@@ -2058,6 +2128,7 @@ mod tests {
                 duration_ms: 0,
                 verdict: Verdict::Passed,
                 error: None,
+                retries: 0,
             },
             log: PolledLog::new(queue),
             counted: Box::new(|_| {}),
@@ -2569,6 +2640,142 @@ mod tests {
             let (_, payload) = self.until(GOAWAY, 0).await;
             u32::from_be_bytes(payload[4..8].try_into().unwrap())
         }
+    }
+
+    /// A client and an upstream both written frame by frame, with the relay between them.
+    async fn raw_pair() -> (Raw, Raw) {
+        let records = Records::default();
+        let (relay_up, mut up) = tokio::io::duplex(256 * 1024);
+        let mut settings = Vec::new();
+        write_settings(&mut settings, &[]);
+        up.write_all(&settings).await.unwrap();
+        let upstream = handshake(relay_up).await.unwrap();
+        let mut preface = [0u8; PREFACE.len()];
+        up.read_exact(&mut preface).await.unwrap();
+        let (mut io, relay_client) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(relay(
+            relay_client,
+            upstream,
+            scope(&records, authorization()),
+        ));
+        let mut out = PREFACE.to_vec();
+        write_settings(&mut out, &[]);
+        io.write_all(&out).await.unwrap();
+        let peer = |io| Raw {
+            io,
+            input: InBuf::default(),
+            records: records.clone(),
+            seen: Seen::default(),
+        };
+        (peer(io), peer(up))
+    }
+
+    /// Every frame until the connection ends: (kind, stream, first 4 bytes of the payload, next 4).
+    async fn frames_to_end(raw: &mut Raw) -> Vec<(u8, u32, u32, u32)> {
+        let mut frames = Vec::new();
+        while let Some((head, payload)) = raw.frame().await {
+            let word = |at: usize| {
+                payload
+                    .get(at..at + 4)
+                    .map_or(0, |w| u32::from_be_bytes(w.try_into().unwrap()))
+            };
+            frames.push((head.kind, head.stream, word(0), word(4)));
+        }
+        frames
+    }
+
+    fn error_of(records: &[Record], path: &str) -> String {
+        let record = records
+            .iter()
+            .find(|r| r.path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no record for {path}: {records:#?}"));
+        record.error.clone().unwrap_or_default()
+    }
+
+    /// The upstream's GOAWAY goes to the client as it came, so the client sends again the streams above its
+    /// last; when the upstream then closes, an idempotent request below it without an answer is refused
+    /// (REFUSED_STREAM: the client sends it again too), and a POST fails with the connection.
+    #[tokio::test]
+    async fn an_upstream_going_away_tells_the_client_what_to_send_again() {
+        let (mut client, mut upstream) = raw_pair().await;
+        let mut requests = Vec::new();
+        for (stream, method, path) in [(1, "GET", "/a"), (3, "POST", "/b"), (5, "GET", "/c")] {
+            let mut fields = get_fields(path);
+            fields[0].1 = method.into();
+            let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            requests.extend(headers_frame(stream, END_STREAM, &fields));
+        }
+        client.send(&requests).await;
+        upstream.until(HEADERS, 5).await;
+        let mut out = Vec::new();
+        write_goaway(&mut out, 3, NO_ERROR);
+        upstream.send(&out).await;
+        drop(upstream);
+
+        let frames = frames_to_end(&mut client).await;
+        let goaways: Vec<(u32, u32)> = frames
+            .iter()
+            .filter(|f| f.0 == GOAWAY)
+            .map(|f| (f.2, f.3))
+            .collect();
+        assert_eq!(
+            goaways,
+            [(3, NO_ERROR), (3, INTERNAL_ERROR)],
+            "the upstream's, then the relay's for the POST cut short"
+        );
+        let resets: Vec<(u32, u32)> = frames
+            .iter()
+            .filter(|f| f.0 == RST_STREAM)
+            .map(|f| (f.1, f.2))
+            .collect();
+        assert_eq!(resets, [(1, REFUSED_STREAM)]);
+        let records = records_settled(&client.records, 3).await;
+        assert!(error_of(&records, "/c").contains("GOAWAY"));
+        assert!(error_of(&records, "/a").contains("REFUSED_STREAM"));
+        let post = error_of(&records, "/b");
+        assert!(
+            post.contains("the upstream closed the connection") && !post.contains("REFUSED"),
+            "{post}"
+        );
+    }
+
+    /// After the upstream's GOAWAY a stream the client opens is refused (and audited), and the client gets
+    /// no second GOAWAY when the upstream closes with nothing open.
+    #[tokio::test]
+    async fn after_an_upstream_goaway_new_streams_are_refused() {
+        let (mut client, mut upstream) = raw_pair().await;
+        client
+            .send(&headers_frame(
+                1,
+                END_STREAM,
+                &[
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":authority", SNI),
+                    (":path", "/a"),
+                ],
+            ))
+            .await;
+        upstream.until(HEADERS, 1).await;
+        let mut out = headers_frame(1, END_STREAM, &[(":status", "200")]);
+        write_goaway(&mut out, 1, NO_ERROR);
+        upstream.send(&out).await;
+        client.until(HEADERS, 1).await;
+        client.until(GOAWAY, 0).await;
+        let mut fields = get_fields("/b");
+        fields.truncate(4);
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        client.send(&headers_frame(3, END_STREAM, &fields)).await;
+        let (_, payload) = client.until(RST_STREAM, 3).await;
+        assert_eq!(be32(&payload), REFUSED_STREAM);
+        drop(upstream);
+        let frames = frames_to_end(&mut client).await;
+        assert!(
+            frames.iter().all(|f| f.0 != GOAWAY),
+            "one GOAWAY only: {frames:?}"
+        );
+        let records = records_settled(&client.records, 2).await;
+        assert!(error_of(&records, "/b").contains("GOAWAY"), "{records:#?}");
     }
 
     fn headers_frame(stream: u32, flags: u8, fields: &[(&str, &str)]) -> Vec<u8> {

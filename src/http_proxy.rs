@@ -550,7 +550,9 @@ impl Intercept {
             self.daemon
                 .upstreams
                 .send(self.destination, &self.sni, protocols, upstream_request);
-        let (mut response, mut lease) = match sent_request.await {
+        let outcome = sent_request.await;
+        record.retries = outcome.retries;
+        let (mut response, mut lease) = match outcome.result {
             Ok(sent) => sent,
             Err(error) => {
                 let (message, verdict) =

@@ -17,6 +17,13 @@
 //! pool opens another, so that long-lived streams (server-sent events) never hold the next request back.
 //! HTTP/1.1 connections carry one request at a time and go back to the pool when the response has been
 //! read to its end.
+//!
+//! Upstreams close connections all the time (GOAWAY after so many requests, keep-alive timeouts, reloads,
+//! restarts). A request the upstream did not process goes again on another connection (`replay` keeps what
+//! it takes), so that a client never sees such churn: one never written, one above a GOAWAY's last stream or
+//! refused (REFUSED_STREAM), one whose connection could not be made (after a pause, for `RECONNECT_FOR`);
+//! and, once, an idempotent one whose connection closed before any of its response came. Nothing else that
+//! the upstream may have processed is sent again. A connection going away takes no new request.
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -27,7 +34,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -43,6 +50,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::http2_relay;
+use crate::policy::is_idempotent;
+use crate::replay::{NotReplayable, Replayable};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -61,6 +70,14 @@ const HTTP2_CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const HTTP2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// The most response-header bytes an HTTP/2 upstream may send (the client side's limit on requests).
 const HTTP2_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// How many times a request the upstream did not process may go again: each time on a stream it refused,
+/// above a GOAWAY, or on a connection that closed before the request was written.
+const MAX_RETRIES: u32 = 4;
+/// How long after a first failed attempt to connect (refused, reset in the handshake: an upstream
+/// restarting) a request keeps trying, with pauses from `FIRST_PAUSE` doubling up to `LONGEST_PAUSE`.
+const RECONNECT_FOR: Duration = Duration::from_secs(3);
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const LONGEST_PAUSE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -90,6 +107,34 @@ pub enum SendError {
     Http(#[from] hyper::Error),
     #[error(transparent)]
     Http2(#[from] h2::Error),
+    #[error("the upstream closed the connection before answering, and the request was not sent again: {why}")]
+    NotSentAgain {
+        why: String,
+        #[source]
+        source: Box<SendError>,
+    },
+}
+
+/// What came of sending a request: the response (with the lease on its HTTP/1.1 connection), or why
+/// there is none; either way, how many times the request went again.
+pub struct Sent {
+    pub result: Result<(Response<UpstreamBody>, Option<Lease>), SendError>,
+    pub retries: u32,
+}
+
+/// How far a failed attempt got, as far as sending the request again goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The upstream did not process it: it was never written, or went on a stream above a GOAWAY's last
+    /// stream id or refused with REFUSED_STREAM (RFC 9113 §8.7). Any request may go again.
+    Unprocessed,
+    /// No connection could be made (refused, or reset during the handshake): it may go again after a pause.
+    NotConnected,
+    /// The connection closed before any of the response arrived: the upstream may have processed it, so
+    /// only an idempotent request goes again, and once (RFC 9110 §9.2.2).
+    Closed,
+    /// Anything else (a response began, a certificate or protocol error): never sent again.
+    Final,
 }
 
 /// The TLS client settings every upstream connection uses.
@@ -225,6 +270,17 @@ impl Http2Sender {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the connection can take no new stream: it ended, or the upstream sent GOAWAY (h2 then
+    /// refuses new streams at once, without waiting to be polled).
+    fn is_going_away(&mut self) -> bool {
+        self.is_closed()
+            || matches!(
+                self.send
+                    .poll_ready(&mut Context::from_waker(Waker::noop())),
+                Poll::Ready(Err(_))
+            )
+    }
+
     fn is_busy(&self) -> bool {
         self.open.load(Ordering::Relaxed) > 0
     }
@@ -248,14 +304,6 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// What a request on an HTTP/2 connection came to.
-enum Http2Outcome {
-    Answered(Response<UpstreamBody>),
-    /// The connection could take no new stream; the request is untouched.
-    Unsent(Request<ProxyBody>, h2::Error),
-    Failed(h2::Error),
 }
 
 /// The body of an upstream's response.
@@ -374,62 +422,130 @@ impl Upstreams {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Sends `request` (absolute URI, no Host header) to `destination`, verified as `name`. Returns the
-    /// response, and for HTTP/1.1 the lease on its connection.
+    /// Sends `request` (absolute URI, no Host header) to `destination`, verified as `name`, again on
+    /// another connection as long as the upstream did not process it (see the module's comment).
     pub async fn send(
         &self,
         destination: SocketAddr,
         name: &str,
         protocols: Protocols,
         request: Request<ProxyBody>,
-    ) -> Result<(Response<UpstreamBody>, Option<Lease>), SendError> {
+    ) -> Sent {
         let key: PoolKey = (destination, name.to_string(), protocols);
         let generation = self.generation.load(Ordering::Acquire);
-        let mut request = request;
-        // A pooled connection may turn out closed only when the request is handed to it; a request that
-        // was not sent goes once more, on a new connection.
-        let mut reused = true;
+        let (mut replay, mut request) = Replayable::new(request);
+        let mut retries = 0;
+        // The first attempt may take an idle pooled HTTP/1.1 connection; after a failure the others in the
+        // pool are likely as stale (closed by the same keep-alive timeout, or the same restart).
+        let mut take_idle = true;
+        let mut closed_retried = false;
+        let mut reconnect = Reconnect::default();
         loop {
-            let connection = match self.checkout(&key, generation, reused)? {
-                Checkout::Pooled(connection) => connection,
-                Checkout::Connect(connector, server_name) => {
-                    reused = false;
-                    // Boxed: dialling is rare, and its state would otherwise make every request's
-                    // future (allocated per request by hyper's service call) several KiB larger.
-                    let connection = Box::pin(connect(destination, connector, server_name)).await?;
-                    self.keep(&key, generation, &connection);
-                    connection
+            let (failure, error) = match self.attempt(&key, generation, take_idle, request).await {
+                Ok(answered) => {
+                    return Sent {
+                        result: Ok(answered),
+                        retries,
+                    }
+                }
+                Err(failed) => failed,
+            };
+            let again = match failure {
+                Failure::Unprocessed => retries < MAX_RETRIES,
+                Failure::NotConnected => match reconnect.pause() {
+                    Some(pause) => {
+                        tokio::time::sleep(pause).await;
+                        true
+                    }
+                    None => false,
+                },
+                Failure::Closed if closed_retried => false,
+                Failure::Closed if !is_idempotent(replay.method().as_str().as_bytes()) => {
+                    let why = format!(
+                        "{} is not idempotent, and the upstream may have processed it",
+                        replay.method()
+                    );
+                    return Sent {
+                        result: Err(not_sent_again(why, error)),
+                        retries,
+                    };
+                }
+                Failure::Closed => {
+                    closed_retried = true;
+                    true
+                }
+                Failure::Final => false,
+            };
+            if !again {
+                return Sent {
+                    result: Err(error),
+                    retries,
+                };
+            }
+            request = match replay.again() {
+                Ok(request) => request,
+                Err(why) => {
+                    return Sent {
+                        result: Err(not_replayable(why, error)),
+                        retries,
+                    }
                 }
             };
-            match connection {
-                Connection::Http2(sender) => match send_http2(sender, request).await {
-                    Http2Outcome::Answered(response) => return Ok((response, None)),
-                    Http2Outcome::Unsent(unsent, _) if reused => {
-                        request = unsent;
-                        reused = false;
+            if failure != Failure::NotConnected {
+                retries += 1;
+                take_idle = false;
+                tracing::debug!(%error, ?failure, %name, %destination, "sending a request again");
+            }
+        }
+    }
+
+    /// One attempt at `request` on a pooled connection or a new one.
+    async fn attempt(
+        &self,
+        key: &PoolKey,
+        generation: u64,
+        take_idle: bool,
+        mut request: Request<ProxyBody>,
+    ) -> Result<(Response<UpstreamBody>, Option<Lease>), (Failure, SendError)> {
+        let checkout = self
+            .checkout(key, generation, take_idle)
+            .map_err(|error| (Failure::Final, error))?;
+        let connection = match checkout {
+            Checkout::Pooled(connection) => connection,
+            Checkout::Connect(connector, server_name) => {
+                // Boxed: dialling is rare, and its state would otherwise make every request's future
+                // (allocated per request by hyper's service call) several KiB larger.
+                let connection = Box::pin(connect(key.0, connector, server_name))
+                    .await
+                    .map_err(|error| (connect_failure(&error), error))?;
+                self.keep(key, generation, &connection);
+                connection
+            }
+        };
+        match connection {
+            Connection::Http2(sender) => send_http2(sender, request)
+                .await
+                .map(|response| (response, None))
+                .map_err(|(failure, error)| (failure, error.into())),
+            Connection::Http1(mut sender) => {
+                to_origin_form(&mut request);
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        // The upstream closes the connection after this response: it must not go back
+                        // to the pool, where a request could find it before it is seen closed.
+                        let lease = (!closes_after(&response)).then(|| Lease {
+                            key: key.clone(),
+                            generation,
+                            sender,
+                        });
+                        Ok((response.map(UpstreamBody::Http1), lease))
                     }
-                    Http2Outcome::Unsent(_, error) | Http2Outcome::Failed(error) => {
-                        return Err(error.into())
-                    }
-                },
-                Connection::Http1(mut sender) => {
-                    to_origin_form(&mut request);
-                    match sender.try_send_request(request).await {
-                        Ok(response) => {
-                            let lease = Lease {
-                                key,
-                                generation,
-                                sender,
-                            };
-                            return Ok((response.map(UpstreamBody::Http1), Some(lease)));
-                        }
-                        Err(mut error) => match error.take_message() {
-                            Some(unsent) if reused => {
-                                request = unsent;
-                                reused = false;
-                            }
-                            _ => return Err(error.into_error().into()),
-                        },
+                    Err(mut error) => {
+                        let failure = match error.take_message() {
+                            Some(_) => Failure::Unprocessed,
+                            None => http1_failure(error.error()),
+                        };
+                        Err((failure, error.into_error().into()))
                     }
                 }
             }
@@ -473,11 +589,11 @@ impl Upstreams {
             Plan::Http1 => return Ok(RelayUpstream::Http1),
             Plan::Spare(taken, connector, server_name) => match taken.await {
                 Ok(spare) => Some(spare),
-                // It died as it was taken.
-                Err(_) => dial_http2(destination, connector, server_name).await?,
+                // It died, or the upstream was closing it, as it was taken.
+                Err(_) => dial_http2_reconnecting(destination, connector, server_name).await?,
             },
             Plan::Dial(connector, server_name) => {
-                dial_http2(destination, connector, server_name).await?
+                dial_http2_reconnecting(destination, connector, server_name).await?
             }
         };
         match dialled {
@@ -558,24 +674,23 @@ impl Upstreams {
         })
     }
 
-    /// A pooled connection ready for a request, or what it takes to make one (`pooled`: whether pooled
-    /// connections may be used at all).
+    /// A pooled connection ready for a request, or what it takes to make one (`take_idle`: whether an idle
+    /// HTTP/1.1 connection may be used). A connection going away is let go of: its requests under way
+    /// finish on it, new ones go elsewhere.
     fn checkout(
         &self,
         key: &PoolKey,
         generation: u64,
-        pooled: bool,
+        take_idle: bool,
     ) -> Result<Checkout, SendError> {
         self.with_pool(key, generation, |pool| {
-            if pooled {
-                pool.http2.retain(|sender| !sender.is_closed());
-                if let Some(sender) = pool.http2.iter().find(|sender| sender.has_room()) {
-                    return Checkout::Pooled(Connection::Http2(sender.clone()));
-                }
-                while let Some((sender, _)) = pool.idle.pop() {
-                    if sender.is_ready() {
-                        return Checkout::Pooled(Connection::Http1(sender));
-                    }
+            pool.http2.retain_mut(|sender| !sender.is_going_away());
+            if let Some(sender) = pool.http2.iter().find(|sender| sender.has_room()) {
+                return Checkout::Pooled(Connection::Http2(sender.clone()));
+            }
+            while let Some((sender, _)) = pool.idle.pop().filter(|_| take_idle) {
+                if sender.is_ready() {
+                    return Checkout::Pooled(Connection::Http1(sender));
                 }
             }
             Checkout::Connect(pool.connector.clone(), pool.name.clone())
@@ -695,6 +810,27 @@ async fn dial_http2(
     Ok(None)
 }
 
+/// `dial_http2`, again after a pause while the upstream refuses connections, for `RECONNECT_FOR` (the
+/// client waits meanwhile, as a request of an HTTP/1.1 client would).
+async fn dial_http2_reconnecting(
+    destination: SocketAddr,
+    connector: TlsConnector,
+    name: ServerName<'static>,
+) -> Result<Option<RelayConnection>, SendError> {
+    let mut reconnect = Reconnect::default();
+    loop {
+        match dial_http2(destination, connector.clone(), name.clone()).await {
+            Err(error) if connect_failure(&error) == Failure::NotConnected => {
+                match reconnect.pause() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(error),
+                }
+            }
+            dialled => return dialled,
+        }
+    }
+}
+
 /// Keeps a spare connection in order until it is taken (or the pool lets go of it, or `IDLE_TIMEOUT`
 /// passes, or the upstream ends it).
 async fn hold_spare(
@@ -704,13 +840,13 @@ async fn hold_spare(
     let taker = tokio::time::timeout(
         IDLE_TIMEOUT,
         poll_fn(|cx| {
-            if let Poll::Ready(taker) = Pin::new(&mut take).poll(cx) {
-                return Poll::Ready(taker.ok());
-            }
-            connection.poll_idle(cx).map(|error| {
+            // What the upstream sent meanwhile is read before the connection is handed over: a GOAWAY
+            // (an upstream reloading) makes it useless to the client about to take it.
+            if let Poll::Ready(error) = connection.poll_idle(cx) {
                 tracing::debug!(%error, "spare upstream connection ended");
-                None
-            })
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut take).poll(cx).map(Result::ok)
         }),
     )
     .await;
@@ -763,19 +899,21 @@ async fn connect(
 
 /// Opens a stream for `request` on an HTTP/2 connection and waits for the response head. The request body,
 /// if any, is streamed by a task of its own, since the response may begin before the body ends.
-async fn send_http2(sender: Http2Sender, request: Request<ProxyBody>) -> Http2Outcome {
+async fn send_http2(
+    sender: Http2Sender,
+    request: Request<ProxyBody>,
+) -> Result<Response<UpstreamBody>, (Failure, h2::Error)> {
     let slot = sender.claim();
     let mut send = sender.send;
-    if let Err(error) = poll_fn(|cx| send.poll_ready(cx)).await {
-        return Http2Outcome::Unsent(request, error);
-    }
+    // Until a stream is opened, nothing of the request has gone out: whatever the error, the upstream
+    // did not process it (a malformed request fails the same way each time, and retries are counted).
+    let unsent = |error| (Failure::Unprocessed, error);
+    poll_fn(|cx| send.poll_ready(cx)).await.map_err(unsent)?;
     let (parts, body) = request.into_parts();
     let end_of_stream = body.is_end_stream();
-    let (response, stream) = match send.send_request(Request::from_parts(parts, ()), end_of_stream)
-    {
-        Ok(sent) => sent,
-        Err(error) => return Http2Outcome::Failed(error),
-    };
+    let (response, stream) = send
+        .send_request(Request::from_parts(parts, ()), end_of_stream)
+        .map_err(unsent)?;
     if !end_of_stream {
         tokio::spawn(send_body(body, stream));
     }
@@ -783,9 +921,102 @@ async fn send_http2(sender: Http2Sender, request: Request<ProxyBody>) -> Http2Ou
         Ok(response) => {
             let (parts, stream) = response.into_parts();
             let body = Http2Body::new(stream, &parts.headers, slot);
-            Http2Outcome::Answered(Response::from_parts(parts, UpstreamBody::Http2(body)))
+            Ok(Response::from_parts(parts, UpstreamBody::Http2(body)))
         }
-        Err(error) => Http2Outcome::Failed(error),
+        Err(error) => Err((http2_failure(&error), error)),
+    }
+}
+
+/// How far a request on an HTTP/2 stream got, from the error that ended the stream before its response.
+fn http2_failure(error: &h2::Error) -> Failure {
+    // h2 fails the streams above a GOAWAY's last stream id with the GOAWAY itself, and those at or below
+    // it (which the upstream may have processed) with the I/O error that ends the connection.
+    let above_goaway = error.is_go_away() && error.is_remote();
+    let refused =
+        error.is_reset() && error.is_remote() && error.reason() == Some(h2::Reason::REFUSED_STREAM);
+    if above_goaway || refused {
+        Failure::Unprocessed
+    } else if error.is_io() {
+        Failure::Closed
+    } else {
+        Failure::Final
+    }
+}
+
+/// How far a request on an HTTP/1.1 connection got, from hyper's error for a request it did write (or
+/// began to).
+fn http1_failure(error: &hyper::Error) -> Failure {
+    let io = std::error::Error::source(error)
+        .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
+    if error.is_incomplete_message() || error.is_canceled() || error.is_closed() || io {
+        Failure::Closed
+    } else {
+        Failure::Final
+    }
+}
+
+/// Whether a failure to connect came before anything could be sent, and may be over soon (an upstream
+/// restarting refuses connections, or resets those it accepted as it stops).
+fn connect_failure(error: &SendError) -> Failure {
+    use std::io::ErrorKind::*;
+    let transient = |error: &std::io::Error| {
+        matches!(
+            error.kind(),
+            ConnectionRefused | ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe
+        )
+    };
+    match error {
+        SendError::Connect(error) if transient(error) => Failure::NotConnected,
+        SendError::Http2(error) if error.get_io().is_some_and(transient) => Failure::NotConnected,
+        _ => Failure::Final,
+    }
+}
+
+/// Pauses between attempts to connect, for `RECONNECT_FOR` after the first failure.
+#[derive(Default)]
+struct Reconnect {
+    first_failure: Option<Instant>,
+    next_pause: Duration,
+}
+
+impl Reconnect {
+    /// How long to wait before the next attempt; None once `RECONNECT_FOR` has passed.
+    fn pause(&mut self) -> Option<Duration> {
+        let since = *self.first_failure.get_or_insert_with(Instant::now);
+        if since.elapsed() >= RECONNECT_FOR {
+            return None;
+        }
+        let pause = self.next_pause.max(FIRST_PAUSE);
+        self.next_pause = (pause * 2).min(LONGEST_PAUSE);
+        Some(pause)
+    }
+}
+
+fn not_sent_again(why: String, error: SendError) -> SendError {
+    SendError::NotSentAgain {
+        why,
+        source: Box::new(error),
+    }
+}
+
+fn not_replayable(why: NotReplayable, error: SendError) -> SendError {
+    not_sent_again(why.to_string(), error)
+}
+
+/// Whether an HTTP/1 response ends its connection (RFC 9112 §9.3).
+fn closes_after<B>(response: &Response<B>) -> bool {
+    let says = |token: &str| {
+        response
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|option| option.trim().eq_ignore_ascii_case(token))
+    };
+    match response.version() {
+        Version::HTTP_11 => says("close"),
+        _ => !says("keep-alive"),
     }
 }
 
@@ -878,5 +1109,43 @@ async fn sweep_forever() {
                     || pool.last_used.elapsed() < IDLE_TIMEOUT
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnecting_pauses_double_up_to_a_ceiling_and_stop_after_a_while() {
+        let mut reconnect = Reconnect::default();
+        let pauses: Vec<Duration> = (0..7).map_while(|_| reconnect.pause()).collect();
+        assert_eq!(
+            pauses,
+            [25, 50, 100, 200, 400, 500, 500].map(Duration::from_millis)
+        );
+        reconnect.first_failure = Some(Instant::now() - RECONNECT_FOR);
+        assert_eq!(reconnect.pause(), None);
+    }
+
+    #[test]
+    fn a_response_that_ends_its_connection_is_told_apart() {
+        let response = |version: Version, connection: Option<&str>| {
+            let mut builder = Response::builder().version(version);
+            if let Some(value) = connection {
+                builder = builder.header(header::CONNECTION, value);
+            }
+            builder.body(()).unwrap()
+        };
+        let closes = |r: Response<()>| closes_after(&r);
+        assert!(!closes(response(Version::HTTP_11, None)));
+        assert!(closes(response(Version::HTTP_11, Some("close"))));
+        assert!(closes(response(
+            Version::HTTP_11,
+            Some("Keep-Alive, Close")
+        )));
+        assert!(!closes(response(Version::HTTP_11, Some("keep-alive"))));
+        assert!(closes(response(Version::HTTP_10, None)));
+        assert!(!closes(response(Version::HTTP_10, Some("keep-alive"))));
     }
 }
