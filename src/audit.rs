@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::PollSender;
 
-use crate::lifecycle::Sandbox;
+use crate::sandbox::live::Sandbox;
 
 const QUEUE: usize = 8192;
 /// How long a record may wait for others before they are written together.

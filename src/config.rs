@@ -10,6 +10,7 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -69,7 +70,7 @@ impl fmt::Display for Location {
 pub struct Config {
     /// Where the config was read from; error messages name it.
     pub path: PathBuf,
-    pub daemon: Daemon,
+    pub daemon: DaemonSection,
     pub secrets: BTreeMap<String, SecretDef>,
     pub integrations: Vec<Integration>,
     pub profiles: Vec<Profile>,
@@ -77,7 +78,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Daemon {
+pub struct DaemonSection {
     #[serde(deserialize_with = "absolute_path")]
     pub socket: PathBuf,
     pub socket_group: Option<String>,
@@ -94,9 +95,9 @@ pub struct Daemon {
     pub upstream_ca: Vec<PathBuf>,
 }
 
-impl Default for Daemon {
+impl Default for DaemonSection {
     fn default() -> Self {
-        Daemon {
+        DaemonSection {
             socket: PathBuf::from(DEFAULT_SOCKET),
             socket_group: None,
             subnet: DEFAULT_SUBNET,
@@ -818,7 +819,7 @@ fn reword(message: &str) -> String {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    daemon: Daemon,
+    daemon: DaemonSection,
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, SecretSource>,
     #[serde(default)]
@@ -1118,6 +1119,28 @@ fn check_network(s: &str, net: IpNet, max_prefix: u8, block: &str) -> Result<(),
     Ok(())
 }
 
+/// The config in force and its secrets, swapped together on reload: a sandbox never gets the integrations
+/// of one config and the secrets of another.
+pub struct Current(RwLock<(Arc<Config>, Arc<Secrets>)>);
+
+impl Current {
+    pub fn new(config: Arc<Config>, secrets: Arc<Secrets>) -> Current {
+        Current(RwLock::new((config, secrets)))
+    }
+
+    pub fn get(&self) -> (Arc<Config>, Arc<Secrets>) {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.get().0
+    }
+
+    pub fn set(&self, config: Arc<Config>, secrets: Arc<Secrets>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = (config, secrets);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1165,7 +1188,7 @@ mod tests {
     fn empty_config_has_defaults() {
         let config = parse("");
         assert_eq!(config.path, Path::new(PATH));
-        assert_eq!(config.daemon, Daemon::default());
+        assert_eq!(config.daemon, DaemonSection::default());
         assert_eq!(config.daemon.socket, Path::new("/run/sandbox/sandbox.sock"));
         assert_eq!(config.daemon.subnet, "10.233.0.0/16".parse().unwrap());
         assert_eq!(config.daemon.subnet6, None);

@@ -14,30 +14,27 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use zeroize::Zeroizing;
 
 use crate::audit::{Audit, Kind, Record, Verdict};
-use crate::config::{Integration, Secrets};
-use crate::lifecycle::{Daemon, Sandbox};
-use crate::upstream::{BoxError, Protocols, ProxyBody, RelayUpstream};
-use crate::workers::{self, BulkSlot, InFlight, MovableStream};
-use crate::{hpack, http2_relay};
+use crate::config::Integration;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::http2;
+use crate::proxy::policy::{self, MAX_HEADER_BYTES};
+use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
+use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
+use crate::sandbox::live::Sandbox;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// The most a request's header list may hold (as HTTP/2 counts it: name, value and 32 per field).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Requests whose header list is larger go over an HTTP/1.1 upstream connection of their own rather than
 /// the HTTP/2 connection that other clients' requests share: 16 KiB is a common limit of HTTP/2 servers
 /// (hyper's, among others), and some answer a list several times theirs by closing the whole connection
@@ -54,7 +51,7 @@ struct Intercept {
     /// Each request's audit record starts as a copy of this.
     record: Record,
     audit: Audit,
-    daemon: Arc<Daemon>,
+    context: Arc<ProxyContext>,
     sandbox: Arc<Sandbox>,
     destination: SocketAddr,
     sni: String,
@@ -121,21 +118,21 @@ impl Drop for OpenRequest {
 /// What the HTTP/2 relay needs of this connection: the integration's headers ready to send (or the
 /// reason they cannot be made), and audit records that count the sandbox's bytes as they are written.
 fn relay_scope(
-    daemon: &Daemon,
+    context: &ProxyContext,
     sandbox: &Arc<Sandbox>,
     destination: SocketAddr,
     sni: String,
     integration: &Integration,
-) -> http2_relay::Scope {
+) -> http2::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
-    let injected = injected_fields(integration, &sandbox.secrets);
+    let injected = http2::Injected::for_integration(integration, &sandbox.secrets);
     let sandbox = sandbox.clone();
-    http2_relay::Scope {
+    http2::Scope {
         sni,
         port: destination.port(),
         injected,
         record,
-        log: daemon.audit.polled(),
+        log: context.audit.polled(),
         counted: Box::new(move |record: &Record| {
             sandbox.stats.add_bytes(record.bytes_up, record.bytes_down);
         }),
@@ -155,26 +152,9 @@ fn connection_record(
     record
 }
 
-/// The integration's headers as one HPACK block of never-indexed fields, with their names.
-fn injected_fields(
-    integration: &Integration,
-    secrets: &Secrets,
-) -> Result<http2_relay::Injected, String> {
-    let mut headers = HeaderMap::new();
-    inject(&mut headers, integration, secrets)?;
-    let mut block = Zeroizing::new(Vec::new());
-    let mut names = Vec::new();
-    for (name, value) in &headers {
-        hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), true, &mut block);
-        names.push(name.as_str().to_string());
-    }
-    names.dedup();
-    Ok(http2_relay::Injected { names, block })
-}
-
 /// Terminates TLS on `client` and serves HTTP on it until the client or the upstream is done.
 pub async fn serve(
-    daemon: Arc<Daemon>,
+    context: Arc<ProxyContext>,
     sandbox: Arc<Sandbox>,
     client: TcpStream,
     destination: SocketAddr,
@@ -203,7 +183,7 @@ pub async fn serve(
         Err(error) => {
             let mut record = connection_record(&sandbox, destination, &sni, &integration);
             record.finish(Verdict::Error, Some(error), started);
-            daemon.audit.log(record).await;
+            context.audit.log(record).await;
             return;
         }
     };
@@ -211,10 +191,10 @@ pub async fn serve(
     // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here.
     let mut unreachable = None;
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        match daemon.upstreams.dial_relay(destination, &sni).await {
+        match context.upstreams.dial_relay(destination, &sni).await {
             Ok(RelayUpstream::Http2(upstream)) => {
-                let scope = relay_scope(&daemon, &sandbox, destination, sni, &integration);
-                http2_relay::relay(tls, *upstream, scope).await;
+                let scope = relay_scope(&context, &sandbox, destination, sni, &integration);
+                http2::relay(tls, *upstream, scope).await;
                 return;
             }
             Ok(RelayUpstream::Http1) => {}
@@ -225,8 +205,8 @@ pub async fn serve(
     let open = OpenRequests::new();
     let intercept = Arc::new(Intercept {
         record: connection_record(&sandbox, destination, &sni, &integration),
-        audit: daemon.audit.clone(),
-        daemon,
+        audit: context.audit.clone(),
+        context,
         sandbox,
         destination,
         sni,
@@ -455,30 +435,42 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
     }
 }
 
+/// One request on its way, from its head until its response ends: what its audit record needs.
+struct Exchange {
+    record: Record,
+    started: Instant,
+    /// The request body's bytes, as they are read from the client.
+    sent: Arc<AtomicU64>,
+    _in_flight: InFlight,
+    _open: Option<OpenRequest>,
+}
+
 impl Intercept {
     async fn proxy(&self, request: Request<Incoming>) -> Response<ProxyBody> {
-        let in_flight = InFlight::start();
-        let open = self.open.as_ref().map(OpenRequests::enter);
-        let started = Instant::now();
-        let mut record = self.record.clone();
-        record.method = Some(request.method().to_string());
-        record.path = Some(request.uri().path().to_string());
-        let host = request_host(&request);
-        record.host = host.clone();
+        let mut exchange = Exchange {
+            record: self.record.clone(),
+            started: Instant::now(),
+            sent: Arc::new(AtomicU64::new(0)),
+            _in_flight: InFlight::start(),
+            _open: self.open.as_ref().map(OpenRequests::enter),
+        };
+        exchange.record.method = Some(request.method().to_string());
+        exchange.record.path = Some(request.uri().path().to_string());
         let head_bytes = header_list_size(&request);
-
-        if let Some(refusal) = refusal(
-            &request,
-            host.as_deref(),
-            head_bytes,
-            &self.sni,
-            self.destination.port(),
-        ) {
-            let (status, message) = refusal;
-            record.status = Some(status.as_u16());
-            record.finish(Verdict::Denied, Some(message.clone()), started);
-            self.audit.log(record).await;
-            return text(status, &message);
+        let head = policy_head(&request, head_bytes);
+        let hosts = || {
+            request
+                .headers()
+                .get_all(header::HOST)
+                .iter()
+                .map(HeaderValue::as_bytes)
+        };
+        exchange.record.host = head.host(hosts());
+        if let Some(refusal) = head.refusal(hosts(), &self.sni, self.destination.port()) {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return self
+                .answer(exchange, status, Verdict::Denied, refusal.message)
+                .await;
         }
 
         let client_version = request.version();
@@ -486,45 +478,12 @@ impl Intercept {
         if wants_close(client_version, request.headers()) {
             self.closing.store(true, Ordering::Relaxed);
         }
-        let (mut parts, body) = request.into_parts();
-        if client_version < Version::HTTP_2 {
-            strip_hop_by_hop(&mut parts.headers, upgrade_requested);
-        }
-        parts.headers.remove(header::HOST);
-        if let Err(reason) = inject(&mut parts.headers, &self.integration, &self.sandbox.secrets) {
-            let message = format!("sandbox: {reason}; see the daemon's log");
-            record.status = Some(500);
-            record.finish(Verdict::Error, Some(message.clone()), started);
-            self.audit.log(record).await;
-            return text(StatusCode::INTERNAL_SERVER_ERROR, &message);
-        }
-        let authority = if self.destination.port() == 443 {
-            self.sni.clone()
-        } else {
-            format!("{}:{}", self.sni, self.destination.port())
-        };
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        parts.uri = match Uri::builder()
-            .scheme("https")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(error) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("sandbox: bad request target: {error}"),
-                )
+        let upstream_request = match self.upstream_request(request, upgrade_requested, &exchange) {
+            Ok(request) => request,
+            Err((status, verdict, message)) => {
+                return self.answer(exchange, status, verdict, message).await
             }
         };
-        let sent = Arc::new(AtomicU64::new(0));
-        let body = Metered::new(body, sent.clone(), None).boxed();
-        let upstream_request = Request::from_parts(parts, body);
 
         // Requests of HTTP/1.1 clients too go over HTTP/2 when the upstream offers it: the requests of
         // many client connections then share one upstream connection and its writes (HTTP/1.1 kept-alive
@@ -541,29 +500,105 @@ impl Intercept {
             Protocols::Any
         };
         if let Some((message, verdict)) = &self.unreachable {
-            record.status = Some(502);
-            record.finish(*verdict, Some(message.clone()), started);
-            self.audit.log(record).await;
-            return text(StatusCode::BAD_GATEWAY, message);
+            return self
+                .answer(exchange, StatusCode::BAD_GATEWAY, *verdict, message.clone())
+                .await;
         }
         let sent_request =
-            self.daemon
+            self.context
                 .upstreams
                 .send(self.destination, &self.sni, protocols, upstream_request);
         let outcome = sent_request.await;
-        record.retries = outcome.retries;
-        let (mut response, mut lease) = match outcome.result {
-            Ok(sent) => sent,
+        exchange.record.retries = outcome.retries;
+        match outcome.result {
+            Ok((response, lease)) => {
+                self.respond(response, lease, exchange, upgrade_requested, client_version)
+            }
             Err(error) => {
                 let (message, verdict) =
                     describe_upstream_error(&error, &self.sni, self.destination);
-                record.status = Some(502);
-                record.bytes_up = sent.load(Ordering::Relaxed);
-                record.finish(verdict, Some(message.clone()), started);
-                self.audit.log(record).await;
-                return text(StatusCode::BAD_GATEWAY, &message);
+                exchange.record.bytes_up = exchange.sent.load(Ordering::Relaxed);
+                self.answer(exchange, StatusCode::BAD_GATEWAY, verdict, message)
+                    .await
             }
+        }
+    }
+
+    /// The request as it goes upstream: hop-by-hop headers gone, the integration's headers set, an
+    /// absolute target naming the TLS server name; or the daemon's answer when it cannot be made.
+    fn upstream_request(
+        &self,
+        request: Request<Incoming>,
+        upgrade_requested: bool,
+        exchange: &Exchange,
+    ) -> Result<Request<ProxyBody>, (StatusCode, Verdict, String)> {
+        let (mut parts, body) = request.into_parts();
+        if parts.version < Version::HTTP_2 {
+            strip_hop_by_hop(&mut parts.headers, upgrade_requested);
+        }
+        parts.headers.remove(header::HOST);
+        if let Err(reason) =
+            policy::inject(&mut parts.headers, &self.integration, &self.sandbox.secrets)
+        {
+            let message = format!("sandbox: {reason}; see the daemon's log");
+            return Err((StatusCode::INTERNAL_SERVER_ERROR, Verdict::Error, message));
+        }
+        let authority = if self.destination.port() == 443 {
+            self.sni.clone()
+        } else {
+            format!("{}:{}", self.sni, self.destination.port())
         };
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = Uri::builder()
+            .scheme("https")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|error| {
+                let message = format!("sandbox: bad request target: {error}");
+                (StatusCode::BAD_REQUEST, Verdict::Denied, message)
+            })?;
+        let body = Metered::new(body, exchange.sent.clone(), None).boxed();
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// The daemon's own answer to a request, and its audit record.
+    async fn answer(
+        &self,
+        mut exchange: Exchange,
+        status: StatusCode,
+        verdict: Verdict,
+        message: String,
+    ) -> Response<ProxyBody> {
+        exchange.record.status = Some(status.as_u16());
+        let response = text(status, &message);
+        exchange
+            .record
+            .finish(verdict, Some(message), exchange.started);
+        self.audit.log(exchange.record).await;
+        response
+    }
+
+    /// The upstream's response on its way to the client; its audit record is written when it ends.
+    fn respond(
+        &self,
+        mut response: Response<UpstreamBody>,
+        mut lease: Option<Lease>,
+        exchange: Exchange,
+        upgrade_requested: bool,
+        client_version: Version,
+    ) -> Response<ProxyBody> {
+        let Exchange {
+            mut record,
+            started,
+            sent,
+            _in_flight,
+            _open,
+        } = exchange;
         record.status = Some(response.status().as_u16());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
@@ -594,8 +629,8 @@ impl Intercept {
             let received = received.clone();
             let bulk = self.bulk.clone();
             move |error: Option<String>| {
-                drop(in_flight);
-                drop(open);
+                drop(_in_flight);
+                drop(_open);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 if record.bytes_down >= BULK_RESPONSE_BYTES {
@@ -621,80 +656,22 @@ impl Intercept {
     }
 }
 
-/// Why a request for `host` on a connection for `sni` (port `port`) must not be sent with the secret,
-/// if so. Every name the request gives must be the TLS server name: an HTTP/2 request whose Host header
-/// differs from its :authority is malformed (RFC 9113, 8.3.1), and which of the two an upstream would
-/// follow is its own choice.
-fn refusal<B>(
-    request: &Request<B>,
-    host: Option<&str>,
-    head_bytes: usize,
-    sni: &str,
-    port: u16,
-) -> Option<(StatusCode, String)> {
-    // hyper's HTTP/1.1 limit is on its read buffer, which one read may overshoot.
-    if head_bytes > MAX_HEADER_BYTES {
-        return Some((
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "sandbox: the request's headers are over {} KiB",
-                MAX_HEADER_BYTES / 1024
-            ),
-        ));
+/// What the request policy reads of a request's head.
+fn policy_head<B>(request: &Request<B>, head_bytes: usize) -> policy::Head<'_> {
+    let headers = request.headers();
+    let h2c = headers.get_all(header::UPGRADE).iter().any(|value| {
+        value
+            .to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
+    });
+    policy::Head {
+        method: request.method().as_str().as_bytes(),
+        authority: request.uri().authority().map(|a| a.as_str().as_bytes()),
+        tunnel: false,
+        h2c: h2c || headers.contains_key("http2-settings"),
+        // hyper's HTTP/1.1 limit is on its read buffer, which one read may overshoot.
+        too_large: head_bytes > MAX_HEADER_BYTES,
     }
-    let misdirected = |host: &str| {
-        Some((
-            StatusCode::MISDIRECTED_REQUEST,
-            format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
-        ))
-    };
-    match host {
-        Some(host) if host_matches(host, sni, port) => {}
-        Some(host) => return misdirected(host),
-        None => {
-            return Some((
-                StatusCode::BAD_REQUEST,
-                "sandbox: the request names no host".into(),
-            ))
-        }
-    }
-    for value in request.headers().get_all(header::HOST) {
-        match value.to_str() {
-            Ok(other) if host_matches(other, sni, port) => {}
-            Ok(other) => return misdirected(other),
-            Err(_) => {
-                return Some((
-                    StatusCode::BAD_REQUEST,
-                    "sandbox: the Host header is not text".into(),
-                ))
-            }
-        }
-    }
-    if request.method() == Method::TRACE || request.method() == Method::CONNECT {
-        return Some((
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "sandbox: {} is not allowed to {sni} (it could reveal the injected credentials)",
-                request.method()
-            ),
-        ));
-    }
-    let h2c = request
-        .headers()
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("h2c"))
-        });
-    if h2c || request.headers().contains_key("http2-settings") {
-        return Some((
-            StatusCode::BAD_REQUEST,
-            "sandbox: Upgrade: h2c is not allowed".into(),
-        ));
-    }
-    None
 }
 
 /// The size of a request's header list as HTTP/2 counts it (RFC 9113, 6.5.2), pseudo-fields included.
@@ -710,67 +687,6 @@ fn header_list_size<B>(request: &Request<B>) -> usize {
         .map_or(1, |p| p.as_str().len());
     let authority = request.uri().authority().map_or(0, |a| a.as_str().len());
     fields + request.method().as_str().len() + target + authority + 4 * 32
-}
-
-/// The host the request is for: the HTTP/2 :authority or absolute-form target, else the Host header.
-fn request_host<B>(request: &Request<B>) -> Option<String> {
-    if let Some(authority) = request.uri().authority() {
-        return Some(authority.as_str().to_ascii_lowercase());
-    }
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .map(|host| host.to_ascii_lowercase())
-}
-
-/// Whether `host` (as sent, maybe with a port) names `sni` on the connection's port.
-pub fn host_matches(host: &str, sni: &str, port: u16) -> bool {
-    let (name, host_port) = match host.rsplit_once(':') {
-        Some((name, port_text)) if !name.contains(':') => match port_text.parse::<u16>() {
-            Ok(parsed) => (name, Some(parsed)),
-            Err(_) => return false,
-        },
-        _ => (host, None),
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    name.eq_ignore_ascii_case(sni)
-        && host_port.is_none_or(|p| p == port || (p == 443 && port == 443))
-}
-
-/// Sets the integration's headers, replacing any of the same name the client sent; else says why they
-/// cannot be made.
-pub fn inject(
-    headers: &mut HeaderMap,
-    integration: &Integration,
-    secrets: &Secrets,
-) -> Result<(), String> {
-    let not_loaded =
-        |missing: crate::config::MissingSecret| format!("secret {:?} is not loaded", missing.0);
-    for (name, template) in &integration.headers {
-        let value = template.render(secrets).map_err(not_loaded)?;
-        let unusable = || {
-            format!(
-                "header {name:?} of integration {:?} is not a valid HTTP header",
-                integration.name
-            )
-        };
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| unusable())?;
-        // Bytes, not text: a secret may hold non-ASCII characters, which HTTP carries as they are.
-        let mut value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| unusable())?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    if let Some(basic) = &integration.basic_auth {
-        let user = basic.username.render(secrets).map_err(not_loaded)?;
-        let password = basic.password.render(secrets).map_err(not_loaded)?;
-        let encoded = BASE64.encode(format!("{user}:{password}"));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| "basic_auth does not encode to a header".to_string())?;
-        value.set_sensitive(true);
-        headers.insert(header::AUTHORIZATION, value);
-    }
-    Ok(())
 }
 
 /// Whether an HTTP/1 request asks for its connection to end after the response.
@@ -1003,131 +919,6 @@ mod tests {
         assert!(wants_close(Version::HTTP_10, &none));
         assert!(!wants_close(Version::HTTP_10, &with("Keep-Alive")));
         assert!(!wants_close(Version::HTTP_2, &with("close")));
-    }
-
-    #[test]
-    fn host_must_name_the_sni_on_this_port() {
-        assert!(host_matches("api.example.com", "api.example.com", 443));
-        assert!(host_matches("API.example.com.", "api.example.com", 443));
-        assert!(host_matches("api.example.com:443", "api.example.com", 443));
-        assert!(host_matches(
-            "api.example.com:8443",
-            "api.example.com",
-            8443
-        ));
-        assert!(!host_matches(
-            "api.example.com:8443",
-            "api.example.com",
-            443
-        ));
-        assert!(!host_matches("evil.example.com", "api.example.com", 443));
-        assert!(!host_matches(
-            "api.example.com.evil.com",
-            "api.example.com",
-            443
-        ));
-        assert!(!host_matches("api.example.com:x", "api.example.com", 443));
-        assert!(!host_matches("[::1]:443", "api.example.com", 443));
-    }
-
-    #[test]
-    fn secrets_go_into_headers_as_their_bytes_in_place_of_the_clients() {
-        let config = crate::config::Config::parse(
-            r#"
-[secrets]
-k = { env = "UNUSED" }
-[[integration]]
-name = "api"
-hosts = ["api.test"]
-headers = { Authorization = "Bearer ${secret:k}", X-Key = "${secret:k}" }
-[[integration]]
-name = "basic"
-hosts = ["basic.test"]
-basic_auth = { username = "u", password = "${secret:k}" }
-"#,
-            std::path::Path::new("test.toml"),
-        )
-        .unwrap();
-        let secrets = Secrets::of(&[("k", "sk-ünï")]);
-        let mut headers = HeaderMap::new();
-        headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine"));
-        headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine too"));
-        inject(&mut headers, &config.integrations[0], &secrets).unwrap();
-        let authorization: Vec<&[u8]> = headers
-            .get_all(header::AUTHORIZATION)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        assert_eq!(authorization, ["Bearer sk-ünï".as_bytes()]);
-        assert_eq!(headers["x-key"].as_bytes(), "sk-ünï".as_bytes());
-        assert!(headers["x-key"].is_sensitive());
-
-        let mut headers = HeaderMap::new();
-        inject(&mut headers, &config.integrations[1], &secrets).unwrap();
-        let expected = format!("Basic {}", BASE64.encode("u:sk-ünï"));
-        assert_eq!(headers[header::AUTHORIZATION], expected.as_str());
-
-        let none = Secrets::of(&[]);
-        assert_eq!(
-            inject(&mut HeaderMap::new(), &config.integrations[0], &none).unwrap_err(),
-            "secret \"k\" is not loaded"
-        );
-    }
-
-    #[test]
-    fn every_name_a_request_gives_must_be_the_sni() {
-        let refused = |uri: &str, method: &str, headers: &[(&str, &str)]| {
-            let mut builder = Request::builder().method(method).uri(uri);
-            for (name, value) in headers {
-                builder = builder.header(*name, *value);
-            }
-            let request = builder.body(()).unwrap();
-            let host = request_host(&request);
-            let size = header_list_size(&request);
-            refusal(&request, host.as_deref(), size, "api.test", 443).map(|(status, _)| status)
-        };
-        assert_eq!(refused("https://api.test/x", "GET", &[]), None);
-        assert_eq!(
-            refused("/x", "GET", &[("host", "api.test:443")]),
-            None,
-            "HTTP/1.1 names the host only in Host"
-        );
-        assert_eq!(
-            refused("https://api.test/x", "GET", &[("host", "api.test")]),
-            None
-        );
-        assert_eq!(
-            refused("https://api.test/x", "GET", &[("host", "evil.test")]),
-            Some(StatusCode::MISDIRECTED_REQUEST),
-            ":authority is the SNI, Host is not"
-        );
-        assert_eq!(
-            refused("/x", "GET", &[("host", "api.test"), ("host", "evil.test")]),
-            Some(StatusCode::MISDIRECTED_REQUEST)
-        );
-        assert_eq!(
-            refused("https://evil.test/x", "GET", &[("host", "api.test")]),
-            Some(StatusCode::MISDIRECTED_REQUEST)
-        );
-        assert_eq!(refused("/x", "GET", &[]), Some(StatusCode::BAD_REQUEST));
-        assert_eq!(
-            refused("https://api.test/x", "TRACE", &[]),
-            Some(StatusCode::METHOD_NOT_ALLOWED)
-        );
-        assert_eq!(
-            refused("https://api.test/x", "GET", &[("upgrade", "h2c")]),
-            Some(StatusCode::BAD_REQUEST)
-        );
-        let near = "x".repeat(MAX_HEADER_BYTES - 300);
-        assert_eq!(
-            refused("https://api.test/x", "GET", &[("x-big", &near)]),
-            None
-        );
-        let over = "x".repeat(MAX_HEADER_BYTES);
-        assert_eq!(
-            refused("https://api.test/x", "GET", &[("x-big", &over)]),
-            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-        );
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! Why: two full HTTP/2 stacks cost the daemon about twice the CPU per request of this relay (38 against 20
 //! µs here), which decided whether an HTTP/2 client behind the sandbox got half of its direct speed.
 
+pub mod hpack;
+
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -36,10 +38,9 @@ use tokio::time::{Instant as Clock, Sleep};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::audit::{PolledLog, Record, Verdict};
-use crate::hpack;
-use crate::http_proxy::host_matches;
-use crate::policy::is_idempotent;
-use crate::workers::InFlight;
+use crate::config::{Integration, Secrets};
+use crate::proxy::policy::{self, is_idempotent, MAX_HEADER_BYTES};
+use crate::proxy::workers::InFlight;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEAD_LEN: usize = 9;
@@ -86,9 +87,6 @@ const MAX_FRAME: u32 = 65_536;
 const TABLE_SIZE: usize = 4096;
 /// Streams a client may have open at once (less when the upstream allows fewer).
 const MAX_STREAMS: u32 = 128;
-/// A header block as sent (HEADERS and its CONTINUATIONs), and the header list it decodes to (as HTTP/2
-/// counts it: name, value and 32 per field).
-const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Fields in one request's header list.
 const MAX_FIELDS: usize = 256;
 /// SETTINGS of the client's that the upstream has not acknowledged yet: each is remembered until it is.
@@ -127,6 +125,26 @@ pub struct Scope {
 pub struct Injected {
     pub names: Vec<String>,
     pub block: Zeroizing<Vec<u8>>,
+}
+
+impl Injected {
+    /// The integration's headers as one HPACK block of never-indexed fields, with their names; or why they
+    /// cannot be made (a secret that is not loaded).
+    pub fn for_integration(
+        integration: &Integration,
+        secrets: &Secrets,
+    ) -> Result<Injected, String> {
+        let mut headers = http::HeaderMap::new();
+        policy::inject(&mut headers, integration, secrets)?;
+        let mut block = Zeroizing::new(Vec::new());
+        let mut names = Vec::new();
+        for (name, value) in &headers {
+            hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), true, &mut block);
+            names.push(name.as_str().to_string());
+        }
+        names.dedup();
+        Ok(Injected { names, block })
+    }
 }
 
 impl Scope {
@@ -1568,42 +1586,30 @@ impl Core {
         let path = request.path().unwrap_or_default();
         let path = path.split(|&b| b == b'?').next().unwrap_or_default();
         record.path = Some(String::from_utf8_lossy(path).into_owned());
-        let host = request
-            .authority()
-            .or(request.hosts().next())
-            .map(|host| String::from_utf8_lossy(host).to_ascii_lowercase());
-        record.host = host.clone();
-        let refuse = |core: &mut Core, record: Record, status: u16, message: String| {
-            core.answer(
-                stream,
-                !end_stream,
-                record,
-                status,
-                message,
-                Verdict::Denied,
-            );
+        let head = policy::Head {
+            method: request.method(),
+            authority: request.authority(),
+            tunnel: request.protocol,
+            // Upgrade itself is connection-specific, which makes a request malformed in HTTP/2.
+            h2c: request.fields().any(|(name, _)| name == b"http2-settings"),
+            too_large: request.too_large,
         };
-        if self.upstream_goaway.is_some_and(|last| stream > last) {
+        record.host = head.host(request.hosts());
+        if let Some(why) = self.refused_stream(stream) {
             write_rst(&mut self.to_client.buf, stream, REFUSED_STREAM);
-            let why = "not sent: the upstream is going away (GOAWAY); the client was told \
-                       (REFUSED_STREAM) and may send it again on a new connection";
-            record.finish(Verdict::Error, Some(why.into()), Instant::now());
-            self.scope.finished(record);
+            if let Some(why) = why {
+                record.finish(Verdict::Error, Some(why.into()), Instant::now());
+                self.scope.finished(record);
+            }
             return;
         }
-        if self.exchanges.len() >= self.max_streams as usize {
-            write_rst(&mut self.to_client.buf, stream, REFUSED_STREAM);
-            return;
-        }
-        if request.too_large {
-            return refuse(
-                self,
-                record,
-                431,
-                "sandbox: request header fields too large (64 KiB, 256 fields at most)".into(),
-            );
-        }
-        if let Err(why) = request.check() {
+        // A head over the limits was not read whole: it is refused for its size, not as malformed.
+        let malformed = if head.too_large {
+            None
+        } else {
+            request.check().err()
+        };
+        if let Some(why) = malformed {
             write_rst(&mut self.to_client.buf, stream, PROTOCOL_ERROR);
             record.finish(
                 Verdict::Denied,
@@ -1613,47 +1619,15 @@ impl Core {
             self.scope.finished(record);
             return;
         }
-        let sni = self.scope.sni.clone();
-        let port = self.scope.port;
-        let names_sni = |host: &[u8]| {
-            std::str::from_utf8(host).is_ok_and(|host| host_matches(host, &sni, port))
-        };
-        let Some(host) = host else {
-            return refuse(
-                self,
+        if let Some(refusal) = head.refusal(request.hosts(), &self.scope.sni, self.scope.port) {
+            let (status, message) = (refusal.status, refusal.message);
+            return self.answer(
+                stream,
+                !end_stream,
                 record,
-                400,
-                "sandbox: the request names no host".into(),
-            );
-        };
-        if !request
-            .authority()
-            .into_iter()
-            .chain(request.hosts())
-            .all(names_sni)
-        {
-            return refuse(
-                self,
-                record,
-                421,
-                format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
-            );
-        }
-        if request.method() == b"TRACE" || request.method() == b"CONNECT" || request.protocol {
-            let method = String::from_utf8_lossy(request.method()).into_owned();
-            return refuse(
-                self,
-                record,
-                405,
-                format!("sandbox: {method} is not allowed to {sni} (it could reveal the injected credentials)"),
-            );
-        }
-        if request.fields().any(|(name, _)| name == b"http2-settings") {
-            return refuse(
-                self,
-                record,
-                400,
-                "sandbox: Upgrade: h2c is not allowed".into(),
+                status,
+                message,
+                Verdict::Denied,
             );
         }
         let injected = match &self.scope.injected {
@@ -1706,6 +1680,19 @@ impl Core {
             },
         );
         self.idle_since = None;
+    }
+
+    /// Whether a new stream must be refused (REFUSED_STREAM) before anything else: the upstream is going
+    /// away, or the client opened more streams than it was allowed. With why, for the audit record, in the
+    /// first case; the second is a client ignoring SETTINGS, which gets no record per stream.
+    fn refused_stream(&self, stream: u32) -> Option<Option<&'static str>> {
+        if self.upstream_goaway.is_some_and(|last| stream > last) {
+            return Some(Some(
+                "not sent: the upstream is going away (GOAWAY); the client was told (REFUSED_STREAM) \
+                 and may send it again on a new connection",
+            ));
+        }
+        (self.exchanges.len() >= self.max_streams as usize).then_some(None)
     }
 
     /// The relay's own answer on a stream it does not forward; a request still sending is then reset (it

@@ -3,33 +3,30 @@
 //! set elements, tells it to go, relays the client's signals, and — when the command ends, the client goes
 //! away or the daemon stops — removes every kernel object the sandbox had, continuing past errors.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
 
-use crate::audit::Audit;
-use crate::ca::SandboxCa;
-use crate::config::{Config, Egress, Integration, Profile, SecretSource, Secrets};
-use crate::control;
-use crate::dns::Resolved;
-use crate::init::{self, InitSpec, EXIT_NO_SANDBOX};
-use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
-use crate::nft::{self, SandboxElements};
-use crate::pool::{AddressPool, Slot};
+use crate::config::{Config, Current, Integration, SecretSource};
+use crate::kernel::host_addresses;
+use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
+use crate::kernel::nft::{self, SandboxElements};
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
-use crate::upstream::Upstreams;
+use crate::sandbox::ca::SandboxCa;
+use crate::sandbox::init::{self, InitSpec, EXIT_NO_SANDBOX};
+use crate::sandbox::live::{Caller, Registry, Resolved, Sandbox, Stats};
+use crate::sandbox::pool::{AddressPool, Slot};
+use crate::sandbox::resolv_conf;
 
 /// How long a command has, after SIGTERM (daemon stopping) or SIGHUP (client gone), before SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(5);
@@ -40,102 +37,6 @@ const REAP_DELAY: Duration = Duration::from_millis(200);
 const LINK_GONE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a new keeper may take to make its namespaces (milliseconds, normally; more on a host under load).
 const KEEPER_READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who is calling, as the kernel reported it on the control socket.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    pub user: String,
-    pub group_names: Vec<String>,
-}
-
-impl Caller {
-    pub fn lookup(uid: u32, gid: u32, groups: Vec<u32>) -> io::Result<Caller> {
-        let user = control::user_name(uid).unwrap_or_else(|| uid.to_string());
-        let mut group_names: Vec<String> = std::iter::once(gid)
-            .chain(groups.iter().copied())
-            .filter_map(control::group_name)
-            .collect();
-        group_names.dedup();
-        Ok(Caller {
-            uid,
-            gid,
-            groups,
-            user,
-            group_names,
-        })
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub active: AtomicU64,
-    pub bytes_up: AtomicU64,
-    pub bytes_down: AtomicU64,
-    pub dns_inflight: AtomicU64,
-}
-
-impl Stats {
-    /// Counts what a connection or request carried each way.
-    pub fn add_bytes(&self, up: u64, down: u64) {
-        self.bytes_up.fetch_add(up, Ordering::Relaxed);
-        self.bytes_down.fetch_add(down, Ordering::Relaxed);
-    }
-}
-
-/// A live sandbox, as the proxies and `sandbox ls` see it.
-#[derive(Debug)]
-pub struct Sandbox {
-    pub id: String,
-    pub caller: Caller,
-    pub profile: Profile,
-    /// The profile's integrations and the secrets as they were when the sandbox started: a reload
-    /// changes what new sandboxes get, never what a running one was given.
-    pub integrations: Vec<Integration>,
-    pub secrets: Arc<Secrets>,
-    /// This sandbox's own CA; its key never leaves the daemon's memory.
-    pub ca: SandboxCa,
-    pub pid: u32,
-    pub command: String,
-    pub started: Instant,
-    pub slot: Slot,
-    pub stats: Stats,
-    /// Under `egress = "deny"`, the addresses the DNS relay gave this sandbox for the names it may reach.
-    pub resolved: Resolved,
-}
-
-impl Sandbox {
-    pub fn egress_allowed(&self) -> bool {
-        self.profile.egress == Egress::Allow
-    }
-
-    /// Whether `host` is one of this sandbox's integration hosts or in its profile's `allow_hosts`.
-    pub fn names_host(&self, host: &str) -> bool {
-        self.integrations
-            .iter()
-            .flat_map(|integration| &integration.hosts)
-            .chain(&self.profile.allow_hosts)
-            .any(|pattern| pattern.matches(host))
-    }
-
-    fn info(&self) -> SandboxInfo {
-        SandboxInfo {
-            id: self.id.clone(),
-            user: self.caller.user.clone(),
-            uid: self.caller.uid,
-            profile: self.profile.name.clone(),
-            pid: self.pid,
-            command: self.command.clone(),
-            age_secs: self.started.elapsed().as_secs(),
-            connections: self.stats.connections.load(Ordering::Relaxed),
-            bytes_up: self.stats.bytes_up.load(Ordering::Relaxed),
-            bytes_down: self.stats.bytes_down.load(Ordering::Relaxed),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
@@ -148,7 +49,7 @@ enum SetupError {
     #[error("wiring the sandbox network: {0}")]
     Network(String),
     #[error("making the sandbox's CA: {0}")]
-    Ca(#[from] crate::ca::CaError),
+    Ca(#[from] crate::sandbox::ca::CaError),
 }
 
 /// Facts about the sandbox network fixed when the daemon starts.
@@ -156,21 +57,16 @@ pub struct SandboxNetwork {
     pub ipv6: bool,
     /// Addresses the DNS relay answers on for sandboxes whose host resolver is unreachable from them.
     pub dns_addresses: Vec<IpAddr>,
-    /// The sandbox pools: no sandbox may connect into them (to another sandbox).
-    pub networks: Vec<IpNet>,
 }
 
-pub struct Daemon {
-    /// Together, so that a sandbox never gets the integrations of one config and the secrets of another.
-    current: RwLock<(Arc<Config>, Arc<Secrets>)>,
-    pub upstreams: Upstreams,
+/// Makes and ends sandboxes: the one part of the daemon that starts processes.
+pub struct Sandboxes {
+    current: Arc<Current>,
+    registry: Arc<Registry>,
     id_salt: u32,
     next_id: AtomicU32,
     pool: Mutex<AddressPool>,
-    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
-    by_addr: RwLock<HashMap<IpAddr, Arc<Sandbox>>>,
     pub netlink: Netlink,
-    pub audit: Audit,
     pub network: SandboxNetwork,
     nofile_soft: u64,
     stopping: watch::Receiver<bool>,
@@ -180,33 +76,27 @@ pub struct Daemon {
     reap_soon: Notify,
 }
 
-impl Daemon {
-    #[allow(clippy::too_many_arguments)]
+impl Sandboxes {
     pub fn new(
-        config: Arc<Config>,
-        secrets: Arc<Secrets>,
-        upstreams: Upstreams,
+        current: Arc<Current>,
+        registry: Arc<Registry>,
         pool: AddressPool,
         netlink: Netlink,
-        audit: Audit,
         network: SandboxNetwork,
         nofile_soft: u64,
         stopping: watch::Receiver<bool>,
-    ) -> Daemon {
+    ) -> Sandboxes {
         let id_salt = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
             .unwrap_or(0);
-        Daemon {
-            current: RwLock::new((config, secrets)),
-            upstreams,
+        Sandboxes {
+            current,
+            registry,
             id_salt,
             next_id: AtomicU32::new(0),
             pool: Mutex::new(pool),
-            sandboxes: Mutex::default(),
-            by_addr: RwLock::default(),
             netlink,
-            audit,
             network,
             nofile_soft,
             stopping,
@@ -215,22 +105,6 @@ impl Daemon {
             graveyard: Mutex::default(),
             reap_soon: Notify::new(),
         }
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.current().0
-    }
-
-    /// Takes effect for sandboxes started from now on.
-    pub fn set_config(&self, config: Arc<Config>, secrets: Arc<Secrets>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = (config, secrets);
-    }
-
-    fn current(&self) -> (Arc<Config>, Arc<Secrets>) {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     /// Ids: unique within this daemon, and unlikely to repeat across restarts (the salt).
@@ -242,23 +116,12 @@ impl Daemon {
         )
     }
 
-    /// The sandbox a connection came from, by its source address (spoofing is dropped by nftables).
-    pub fn sandbox_by_addr(&self, addr: IpAddr) -> Option<Arc<Sandbox>> {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
-            v4 => v4,
-        };
-        self.by_addr
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&addr)
-            .cloned()
-    }
-
+    /// What `sandbox ls` shows `caller`: root sees every sandbox, others their own.
     pub fn list(&self, caller: &Caller) -> Vec<SandboxInfo> {
-        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut list: Vec<SandboxInfo> = sandboxes
-            .values()
+        let mut list: Vec<SandboxInfo> = self
+            .registry
+            .all()
+            .iter()
             .filter(|sandbox| caller.uid == 0 || sandbox.caller.uid == caller.uid)
             .map(|sandbox| sandbox.info())
             .collect();
@@ -268,27 +131,26 @@ impl Daemon {
 
     /// The nftables elements the live sandboxes need (to restore them when someone removed the table).
     pub fn live_elements(&self) -> Vec<SandboxElements> {
-        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
-        sandboxes
-            .values()
+        self.registry
+            .all()
+            .iter()
             .map(|sandbox| Wiring::new(sandbox.slot.clone(), self.network.ipv6).elements())
             .collect()
     }
 
     pub fn live_pids(&self) -> Vec<u32> {
-        let sandboxes = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner());
-        sandboxes.values().map(|sandbox| sandbox.pid).collect()
+        self.registry
+            .all()
+            .iter()
+            .map(|sandbox| sandbox.pid)
+            .collect()
     }
 
     /// Waits until every sandbox has ended and been torn down.
     pub async fn wait_idle(&self) {
         loop {
             let notified = self.torn_down.notified();
-            let running = self
-                .sandboxes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len();
+            let running = self.registry.len();
             if running == 0 && self.tearing_down.load(Ordering::SeqCst) == 0 {
                 return;
             }
@@ -313,7 +175,7 @@ impl Daemon {
             Ok(created) => created,
             Err(error) => {
                 tracing::warn!(user = %caller.user, uid = caller.uid, %command, %error, "sandbox refused");
-                let _ = control::send(
+                let _ = protocol::send(
                     &mut stream,
                     &Reply::Error {
                         message: error.to_string(),
@@ -328,7 +190,7 @@ impl Daemon {
             pid = sandbox.pid, %command, setup_ms = started.elapsed().as_micros() as f64 / 1000.0,
             "sandbox started"
         );
-        let _ = control::send(
+        let _ = protocol::send(
             &mut stream,
             &Reply::Started {
                 id: sandbox.id.clone(),
@@ -336,7 +198,7 @@ impl Daemon {
         )
         .await;
         let code = self.supervise(&sandbox, keeper, &mut stream).await;
-        let _ = control::send(&mut stream, &Reply::Exited { code }).await;
+        let _ = protocol::send(&mut stream, &Reply::Exited { code }).await;
         drop(stream);
         tracing::info!(
             id = %sandbox.id, user = %caller.user, profile = %sandbox.profile.name, %command,
@@ -352,7 +214,7 @@ impl Daemon {
         fds: Vec<OwnedFd>,
         command: String,
     ) -> Result<(Arc<Sandbox>, tokio::process::Child, Wiring), SetupError> {
-        let (config, secrets) = self.current();
+        let (config, secrets) = self.current.get();
         let profile = config
             .select_profile(
                 request.profile.as_deref(),
@@ -369,9 +231,8 @@ impl Daemon {
         })?;
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            pool.allocate().ok_or_else(|| {
-                SetupError::PoolExhausted(self.sandboxes.lock().map(|s| s.len()).unwrap_or(0))
-            })?
+            pool.allocate()
+                .ok_or_else(|| SetupError::PoolExhausted(self.registry.len()))?
         };
         let id = self.new_id();
         let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
@@ -459,7 +320,7 @@ impl Daemon {
         let trust = self.trust_plan(ca, request);
         let (add_ca, caller_bundles): (Vec<_>, Vec<_>) =
             trust.files.into_iter().partition(|(path, _)| {
-                crate::trust::SYSTEM_BUNDLES
+                crate::sandbox::trust::SYSTEM_BUNDLES
                     .iter()
                     .any(|bundle| path == std::path::Path::new(bundle))
             });
@@ -599,31 +460,20 @@ impl Daemon {
     }
 
     fn register(&self, sandbox: &Arc<Sandbox>) {
-        let mut by_addr = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
-        by_addr.insert(IpAddr::V4(sandbox.slot.sandbox_v4), sandbox.clone());
-        if let Some(v6) = sandbox.slot.sandbox_v6.filter(|_| self.network.ipv6) {
-            by_addr.insert(IpAddr::V6(v6), sandbox.clone());
-        }
-        drop(by_addr);
-        self.sandboxes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(sandbox.id.clone(), sandbox.clone());
+        let mut addresses = vec![IpAddr::V4(sandbox.slot.sandbox_v4)];
+        addresses.extend(
+            sandbox
+                .slot
+                .sandbox_v6
+                .filter(|_| self.network.ipv6)
+                .map(IpAddr::V6),
+        );
+        self.registry.insert(sandbox, addresses);
     }
 
     fn teardown(&self, sandbox: Arc<Sandbox>, wiring: Wiring) {
         self.tearing_down.fetch_add(1, Ordering::SeqCst);
-        {
-            let mut by_addr = self.by_addr.write().unwrap_or_else(|e| e.into_inner());
-            by_addr.remove(&IpAddr::V4(sandbox.slot.sandbox_v4));
-            if let Some(v6) = sandbox.slot.sandbox_v6 {
-                by_addr.remove(&IpAddr::V6(v6));
-            }
-        }
-        self.sandboxes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&sandbox.id);
+        self.registry.remove(&sandbox.id);
         self.bury(wiring);
     }
 
@@ -716,7 +566,11 @@ impl Daemon {
     /// addresses, which sandboxes may not reach), the sandbox gets a resolv.conf that names the DNS relay.
     /// Where the sandbox's CA becomes trusted: the distribution bundles, and the bundles the caller's
     /// environment names (read by the client, with the caller's rights).
-    fn trust_plan(&self, ca: &SandboxCa, request: &ExecRequest) -> crate::trust::TrustPlan {
+    fn trust_plan(
+        &self,
+        ca: &SandboxCa,
+        request: &ExecRequest,
+    ) -> crate::sandbox::trust::TrustPlan {
         let env: Vec<(String, String)> = request
             .env
             .iter()
@@ -734,13 +588,13 @@ impl Daemon {
                 .ca_files
                 .iter()
                 .find(|(sent, _)| {
-                    crate::trust::caller_path(&String::from_utf8_lossy(&sent.0)).as_deref()
+                    crate::sandbox::trust::caller_path(&String::from_utf8_lossy(&sent.0)).as_deref()
                         == Some(path)
                 })
                 .map(|(_, content)| content.0.clone())
         };
         // Only which distribution bundles exist matters here: the keeper appends the CA to their content.
-        crate::trust::plan(
+        crate::sandbox::trust::plan(
             ca.cert_pem(),
             &|path| path.exists().then(Vec::new),
             &env,
@@ -753,8 +607,8 @@ impl Daemon {
         let Ok(text) = std::fs::read_to_string(&path) else {
             return Vec::new();
         };
-        let local = crate::tproxy::host_addresses();
-        match crate::dns::sandbox_resolv_conf(&text, &self.network.dns_addresses, |ip| {
+        let local = host_addresses::current();
+        match resolv_conf::for_sandbox(&text, &self.network.dns_addresses, |ip| {
             ip.is_loopback() || local.contains(&ip)
         }) {
             Some(replacement) => vec![(path, Bytes(replacement.into_bytes()))],

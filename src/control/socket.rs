@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use crate::lifecycle::{Caller, Daemon};
 use crate::protocol::{self, FrameError, Reply, Request};
+use crate::sandbox::lifecycle::Sandboxes;
+use crate::sandbox::live::Caller;
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,7 +143,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
+pub async fn serve(listener: UnixListener, sandboxes: Arc<Sandboxes>) {
     let pending = Arc::new(Pending::default());
     loop {
         let stream = match listener.accept().await {
@@ -155,7 +155,7 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let daemon = daemon.clone();
+        let sandboxes = sandboxes.clone();
         let pending = pending.clone();
         tokio::spawn(async move {
             let (id, evicted) = pending.enter();
@@ -188,23 +188,19 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>) {
                 }
             };
             match request {
-                Request::Exec(exec) => daemon.run_exec(stream, caller, exec, fds).await,
+                Request::Exec(exec) => sandboxes.run_exec(stream, caller, exec, fds).await,
                 Request::List => {
-                    let sandboxes = daemon.list(&caller);
-                    let _ = send(&mut { stream }, &Reply::List { sandboxes }).await;
+                    let listed = sandboxes.list(&caller);
+                    let reply = Reply::List { sandboxes: listed };
+                    let _ = protocol::send(&mut { stream }, &reply).await;
                 }
             }
         });
     }
 }
 
-pub async fn send(stream: &mut UnixStream, reply: &Reply) -> io::Result<()> {
-    let frame = protocol::encode(reply).map_err(io::Error::other)?;
-    stream.write_all(&frame).await
-}
-
 async fn reply_error(mut stream: UnixStream, message: &str) {
-    let _ = send(
+    let _ = protocol::send(
         &mut stream,
         &Reply::Error {
             message: message.to_string(),
@@ -282,19 +278,4 @@ fn peer_groups(stream: &UnixStream) -> io::Result<Vec<u32>> {
         }
         return Err(error);
     }
-}
-
-/// Used by `Caller::lookup`.
-pub fn user_name(uid: u32) -> Option<String> {
-    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|user| user.name)
-}
-
-pub fn group_name(gid: u32) -> Option<String> {
-    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
-        .ok()
-        .flatten()
-        .map(|group| group.name)
 }

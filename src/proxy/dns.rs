@@ -11,7 +11,6 @@
 //! costs nothing to forge; the answer of the daemon's own resolver is the one thing the sandbox cannot make
 //! up.
 
-use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
@@ -24,55 +23,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::audit::{Kind, Record, Verdict};
-use crate::lifecycle::{Daemon, Sandbox};
-use crate::tproxy::transparent_socket;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::listener::transparent_socket;
+use crate::sandbox::live::Sandbox;
+use crate::sandbox::resolv_conf;
 
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Queries of one sandbox awaiting an answer; more are dropped (the stub resolver retries).
 const MAX_INFLIGHT_PER_SANDBOX: u64 = 256;
-/// Addresses a sandbox's `Resolved` holds; past this it starts over (the next lookups fill it again).
-const MAX_RESOLVED_ADDRESSES: usize = 1024;
-/// Names one address is remembered for (a CDN's address answers for many).
-const MAX_NAMES_PER_ADDRESS: usize = 8;
-
-/// The addresses the relay's answers gave one sandbox, each with the names (lower case, no trailing dot)
-/// it was the answer for. Kept for the sandbox's life, not for the records' TTL: a program may connect
-/// long after its lookup, and the address was the name's when the sandbox's resolver said so.
-#[derive(Debug, Default)]
-pub struct Resolved {
-    names: Mutex<HashMap<IpAddr, Vec<String>>>,
-}
-
-impl Resolved {
-    pub fn remember(&self, name: &str, addresses: &[IpAddr]) {
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        for address in addresses {
-            if names.len() >= MAX_RESOLVED_ADDRESSES && !names.contains_key(address) {
-                names.clear();
-            }
-            let known = names.entry(*address).or_default();
-            if !known.contains(&name) && known.len() < MAX_NAMES_PER_ADDRESS {
-                known.push(name.clone());
-            }
-        }
-    }
-
-    /// Whether an answer gave `address` for `name`.
-    pub fn resolves(&self, address: IpAddr, name: &str) -> bool {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names
-            .get(&address)
-            .is_some_and(|known| known.iter().any(|n| n.eq_ignore_ascii_case(name)))
-    }
-
-    /// The first name an answer gave `address` for, if any did.
-    pub fn name_of(&self, address: IpAddr) -> Option<String> {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.get(&address).and_then(|known| known.first().cloned())
-    }
-}
 
 pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     let fd = transparent_socket(addr, SockType::Datagram)?;
@@ -83,7 +41,7 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
 
-pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
+pub async fn serve(socket: UdpSocket, context: Arc<ProxyContext>) {
     loop {
         let received = socket
             .async_io(Interest::READABLE, || receive(&socket))
@@ -97,18 +55,18 @@ pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
                 continue;
             }
         };
-        let Some(sandbox) = daemon.sandbox_by_addr(client.ip()) else {
+        let Some(sandbox) = context.sandboxes.by_addr(client.ip()) else {
             continue;
         };
         if sandbox.stats.dns_inflight.fetch_add(1, Ordering::Relaxed) >= MAX_INFLIGHT_PER_SANDBOX {
             sandbox.stats.dns_inflight.fetch_sub(1, Ordering::Relaxed);
             continue;
         }
-        let daemon = daemon.clone();
+        let context = context.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let (answer, mut record) =
-                resolve(&daemon, &sandbox, asked, &query, Transport::Udp).await;
+                resolve(&context, &sandbox, asked, &query, Transport::Udp).await;
             sandbox.stats.dns_inflight.fetch_sub(1, Ordering::Relaxed);
             if !answer.is_empty() {
                 if let Err(error) = send_from(asked, client, &answer) {
@@ -117,7 +75,7 @@ pub async fn serve(socket: UdpSocket, daemon: Arc<Daemon>) {
                         .get_or_insert_with(|| format!("answering: {error}"));
                 }
             }
-            finish(&daemon, record, started).await;
+            finish(&context, record, started).await;
         });
     }
 }
@@ -129,7 +87,7 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// switch to when an answer comes back truncated, or use throughout with `options use-vc`. Queries are
 /// answered in turn, each forwarded over TCP as well: the client wants the whole answer.
 pub async fn serve_tcp(
-    daemon: &Daemon,
+    context: &ProxyContext,
     sandbox: &Sandbox,
     mut client: TcpStream,
     asked: SocketAddr,
@@ -141,7 +99,7 @@ pub async fn serve_tcp(
             _ => return,
         };
         let started = Instant::now();
-        let (answer, mut record) = resolve(daemon, sandbox, asked, &query, Transport::Tcp).await;
+        let (answer, mut record) = resolve(context, sandbox, asked, &query, Transport::Tcp).await;
         let written = if answer.is_empty() {
             Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -155,7 +113,7 @@ pub async fn serve_tcp(
                 .error
                 .get_or_insert_with(|| format!("answering: {error}"));
         }
-        finish(daemon, record, started).await;
+        finish(context, record, started).await;
         if written.is_err() {
             return;
         }
@@ -172,7 +130,7 @@ enum Transport {
 /// The answer to one query of a sandbox (a SERVFAIL when no resolver answered; empty when the query is
 /// too malformed to answer), and its audit record, to be finished once the answer is sent.
 async fn resolve(
-    daemon: &Daemon,
+    context: &ProxyContext,
     sandbox: &Sandbox,
     asked: SocketAddr,
     query: &[u8],
@@ -207,7 +165,7 @@ async fn resolve(
             return (answer, record);
         }
     }
-    let answer = match forward(query, &upstreams(daemon), transport).await {
+    let answer = match forward(query, &upstreams(context), transport).await {
         Ok(answer) => answer,
         Err(error) => {
             record.error = Some(error.to_string());
@@ -223,7 +181,7 @@ async fn resolve(
     (answer, record)
 }
 
-async fn finish(daemon: &Daemon, mut record: Record, started: Instant) {
+async fn finish(context: &ProxyContext, mut record: Record, started: Instant) {
     let verdict = match (record.verdict, &record.error) {
         (Verdict::Denied, _) => Verdict::Denied,
         (_, Some(_)) => Verdict::Error,
@@ -231,7 +189,7 @@ async fn finish(daemon: &Daemon, mut record: Record, started: Instant) {
     };
     let error = record.error.take();
     record.finish(verdict, error, started);
-    daemon.audit.log(record).await;
+    context.audit.log(record).await;
 }
 
 async fn read_message(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
@@ -316,8 +274,8 @@ fn send_from(from: SocketAddr, to: SocketAddr, answer: &[u8]) -> io::Result<()> 
 /// How long the host's resolvers, as read from /etc/resolv.conf, are used before it is read again.
 const RESOLV_CONF_TTL: Duration = Duration::from_secs(2);
 
-fn upstreams(daemon: &Daemon) -> Vec<SocketAddr> {
-    let configured = daemon.config().daemon.dns.clone();
+fn upstreams(context: &ProxyContext) -> Vec<SocketAddr> {
+    let configured = context.config.config().daemon.dns.clone();
     if !configured.is_empty() {
         return configured;
     }
@@ -330,7 +288,7 @@ fn upstreams(daemon: &Daemon) -> Vec<SocketAddr> {
     }
     let resolvers: Vec<SocketAddr> = std::fs::read_to_string("/etc/resolv.conf")
         .map(|text| {
-            nameservers(&text)
+            resolv_conf::nameservers(&text)
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, 53))
                 .collect()
@@ -533,40 +491,6 @@ fn error_answer(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
     Some(answer)
 }
 
-pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
-    resolv_conf
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver"))
-                .then(|| words.next())
-                .flatten()
-        })
-        .filter_map(|word| word.split('%').next().and_then(|ip| ip.parse().ok()))
-        .collect()
-}
-
-/// The resolv.conf a sandbox sees when a host resolver is unreachable from it (`unreachable` says which):
-/// the host's file with its nameserver lines replaced by the relay's addresses. None: keep the host's.
-pub fn sandbox_resolv_conf(
-    host: &str,
-    relay: &[IpAddr],
-    unreachable: impl Fn(IpAddr) -> bool,
-) -> Option<String> {
-    if !nameservers(host).into_iter().any(unreachable) {
-        return None;
-    }
-    let mut text: String = host
-        .lines()
-        .filter(|line| line.split_whitespace().next() != Some("nameserver"))
-        .map(|line| format!("{line}\n"))
-        .collect();
-    for ip in relay {
-        text.push_str(&format!("nameserver {ip}\n"));
-    }
-    Some(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,34 +597,6 @@ mod tests {
     }
 
     #[test]
-    fn resolved_addresses_answer_for_their_own_names_only() {
-        let resolved = Resolved::default();
-        let cdn = IpAddr::from([192, 0, 2, 7]);
-        let other = IpAddr::from([192, 0, 2, 8]);
-        resolved.remember("API.Example.com.", &[cdn]);
-        resolved.remember("www.example.com", &[cdn]);
-        assert!(resolved.resolves(cdn, "api.example.com"));
-        assert!(resolved.resolves(cdn, "WWW.example.com."));
-        assert!(!resolved.resolves(cdn, "evil.example.com"));
-        assert!(!resolved.resolves(other, "api.example.com"));
-        assert_eq!(resolved.name_of(cdn).as_deref(), Some("api.example.com"));
-        assert_eq!(resolved.name_of(other), None);
-        for n in 0..MAX_NAMES_PER_ADDRESS + 4 {
-            resolved.remember(&format!("n{n}.example.com"), &[cdn]);
-        }
-        assert_eq!(
-            resolved.names.lock().unwrap()[&cdn].len(),
-            MAX_NAMES_PER_ADDRESS
-        );
-        let many: Vec<IpAddr> = (0..MAX_RESOLVED_ADDRESSES as u32)
-            .map(|n| IpAddr::from((0x0a00_0000 + n).to_be_bytes()))
-            .collect();
-        resolved.remember("many.example.com", &many);
-        assert!(resolved.names.lock().unwrap().len() <= MAX_RESOLVED_ADDRESSES);
-        assert!(resolved.resolves(many[many.len() - 1], "many.example.com"));
-    }
-
-    #[test]
     fn servfail_keeps_id_and_question_and_drops_the_rest() {
         let q = query("example.com");
         let answer = servfail(&q).unwrap();
@@ -710,27 +606,5 @@ mod tests {
         assert_eq!(&answer[6..12], &[0; 6]);
         assert_eq!(query_name(&answer).as_deref(), Some("example.com"));
         assert_eq!(answer.len(), 12 + 13 + 4);
-    }
-
-    #[test]
-    fn loopback_resolvers_are_replaced_by_the_relay() {
-        let host = "# managed\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
-        let relay = ["10.233.0.1".parse().unwrap()];
-        let text = sandbox_resolv_conf(host, &relay, |ip| ip.is_loopback()).unwrap();
-        assert_eq!(
-            text,
-            "# managed\noptions edns0 trust-ad\nsearch lan\nnameserver 10.233.0.1\n"
-        );
-        assert_eq!(
-            sandbox_resolv_conf("nameserver 192.0.2.53\n", &relay, |ip| ip.is_loopback()),
-            None
-        );
-    }
-
-    #[test]
-    fn nameservers_skip_junk_and_zone_ids() {
-        let text = "nameserver 192.0.2.1\nnameserver fe80::1%eth0\nnameserver nonsense\n#nameserver 1.1.1.1\n";
-        let expected: Vec<IpAddr> = vec!["192.0.2.1".parse().unwrap(), "fe80::1".parse().unwrap()];
-        assert_eq!(nameservers(text), expected);
     }
 }

@@ -1,8 +1,8 @@
-//! The TLS listener: every TCP connection a sandbox opens to port 443 arrives here (TPROXY). It peeks the
+//! The TLS router: every TCP connection a sandbox opens to port 443 arrives here (TPROXY). It peeks the
 //! whole ClientHello without consuming it and routes by SNI: a host of one of the profile's integrations is
-//! terminated and proxied (`http_proxy`); any other host is spliced through untouched when the profile allows
+//! terminated and proxied (`intercept`); any other host is spliced through untouched when the profile allows
 //! egress, or lists the host in `allow_hosts`; else refused. Under egress = "deny" either goes only to an
-//! address the sandbox's DNS relay gave for that very name (`dns::Resolved`). A connection without SNI is
+//! address the sandbox's DNS relay gave for that very name (`live::Resolved`). A connection without SNI is
 //! never terminated.
 
 use std::net::SocketAddr;
@@ -13,16 +13,18 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::{Kind, Record, Verdict};
-use crate::clienthello;
 use crate::config::Integration;
-use crate::lifecycle::{Daemon, Sandbox};
-use crate::tproxy::{self, ActiveConnection};
-use crate::workers::Workers;
+use crate::proxy::clienthello;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::listener::{self, ActiveConnection};
+use crate::proxy::tcp_relay;
+use crate::proxy::workers::Workers;
+use crate::sandbox::live::Sandbox;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, workers: Arc<Workers>) {
-    tproxy::accept_loop(listener, daemon, workers, handle).await
+pub async fn serve(socket: TcpListener, context: Arc<ProxyContext>, workers: Arc<Workers>) {
+    listener::accept_loop(socket, context, workers, handle).await
 }
 
 enum Route {
@@ -74,19 +76,20 @@ fn route(sandbox: &Sandbox, destination: SocketAddr, sni: Option<&str>) -> Route
     }
 }
 
-async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
-    let Some((sandbox, destination)) = tproxy::admit(&daemon, &client, peer) else {
+async fn handle(context: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr) {
+    let Some((sandbox, destination)) = listener::admit(&context, &client, peer) else {
         return;
     };
     let started = Instant::now();
     sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
     let active = ActiveConnection::enter(&sandbox);
-    if let Some(reason) = tproxy::refusal(&daemon, &sandbox, destination, active.over_limit, false)
+    if let Some(reason) =
+        listener::refusal(&context, &sandbox, destination, active.over_limit, false)
     {
         let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
         record.finish(Verdict::Denied, Some(reason), started);
-        daemon.audit.log(record).await;
-        tproxy::reset(client);
+        context.audit.log(record).await;
+        listener::reset(client);
         return;
     }
     let hello = tokio::time::timeout(HELLO_TIMEOUT, clienthello::peek(&client)).await;
@@ -104,8 +107,8 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
             // Responses are small writes; Nagle's delay against the client's delayed ACK costs milliseconds.
             let _ = client.set_nodelay(true);
             let sni = sni.unwrap_or_default();
-            crate::http_proxy::serve(
-                daemon,
+            crate::proxy::intercept::serve(
+                context,
                 sandbox.clone(),
                 client,
                 destination,
@@ -117,14 +120,14 @@ async fn handle(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
         Route::Passthrough => {
             let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
             record.sni = sni.map(Into::into);
-            tproxy::splice(&daemon, &sandbox, client, destination, record, started).await;
+            tcp_relay::splice(&context, &sandbox, client, destination, record, started).await;
         }
         Route::Deny(reason) => {
             let mut record = Record::new(&sandbox, Kind::TlsPassthrough, destination);
             record.sni = sni.map(Into::into);
             record.finish(Verdict::Denied, Some(reason), started);
-            daemon.audit.log(record).await;
-            tproxy::reset(client);
+            context.audit.log(record).await;
+            listener::reset(client);
         }
     }
 }

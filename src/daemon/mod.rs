@@ -4,6 +4,8 @@
 //! config for new sandboxes; SIGTERM ends the sandboxes (SIGTERM, then SIGKILL after a grace period) and
 //! removes every kernel object the daemon made.
 
+pub mod systemd;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -14,24 +16,19 @@ use ipnet::IpNet;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::audit::Audit;
-use crate::config::{Config, Secrets};
-use crate::lifecycle::{Daemon, SandboxNetwork, GRACE};
-use crate::netlink::Netlink;
-use crate::nft::{self, RulesetParams};
-use crate::pool::AddressPool;
-use crate::upstream::{self, Upstreams};
-use crate::workers::Workers;
-use crate::{control, dns, systemd, tls, tproxy};
-
-/// Packets TPROXYed to the daemon carry this mark; policy routing delivers marked packets locally.
-pub const MARK: u32 = 0x5ba;
-pub const ROUTE_TABLE: u32 = 0x5ba;
-/// Set (SO_MARK) on every connection the daemon accepts from a sandbox, so that nftables can hand the rest
-/// of its packets straight to its socket. No bit in common with `MARK`: what the daemon sends back on
-/// such a connection must not match the policy-routing rule.
-pub const SOCKET_MARK: u32 = 0x5ba00;
-/// Host-side veth names: `sbx<slot>`. Anything with this prefix at start-up is a leftover.
-pub const LINK_PREFIX: &str = "sbx";
+use crate::config::{Config, Current, Secrets};
+use crate::control::socket as control;
+use crate::kernel::host_addresses;
+use crate::kernel::marks::{LINK_PREFIX, MARK, ROUTE_TABLE, SOCKET_MARK};
+use crate::kernel::netlink::Netlink;
+use crate::kernel::nft::{self, RulesetParams};
+use crate::proxy::context::ProxyContext;
+use crate::proxy::upstream::{self, Upstreams};
+use crate::proxy::workers::Workers;
+use crate::proxy::{dns, listener, tcp_relay, tls_router};
+use crate::sandbox::lifecycle::{SandboxNetwork, Sandboxes, GRACE};
+use crate::sandbox::live::Registry;
+use crate::sandbox::pool::AddressPool;
 
 /// A validated config with its secrets read, and the TLS roots for upstreams.
 pub struct Loaded {
@@ -103,9 +100,9 @@ fn bind_listeners(ipv6: bool) -> anyhow::Result<Listeners> {
     let v6 = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port);
     let mut last_error = None;
     for _ in 0..20 {
-        let tcp4 = tproxy::tcp_listener(v4(0)).context("binding the transparent TCP listener")?;
+        let tcp4 = listener::tcp_listener(v4(0)).context("binding the transparent TCP listener")?;
         let tcp_port = tcp4.local_addr()?.port();
-        let tls4 = tproxy::tcp_listener(v4(0)).context("binding the transparent TLS listener")?;
+        let tls4 = listener::tcp_listener(v4(0)).context("binding the transparent TLS listener")?;
         let tls_port = tls4.local_addr()?.port();
         let dns4 = dns::udp_socket(v4(0)).context("binding the DNS relay")?;
         let dns_port = dns4.local_addr()?.port();
@@ -120,8 +117,8 @@ fn bind_listeners(ipv6: bool) -> anyhow::Result<Listeners> {
             });
         }
         match (
-            tproxy::tcp_listener(v6(tcp_port)),
-            tproxy::tcp_listener(v6(tls_port)),
+            listener::tcp_listener(v6(tcp_port)),
+            listener::tcp_listener(v6(tls_port)),
             dns::udp_socket(v6(dns_port)),
         ) {
             (Ok(tcp6), Ok(tls6), Ok(dns6)) => {
@@ -198,39 +195,45 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
 
     let control = control::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let daemon = Arc::new(Daemon::new(
-        config.clone(),
-        Arc::new(loaded.secrets),
-        Upstreams::new(loaded.upstream_tls),
+    let current = Arc::new(Current::new(config.clone(), Arc::new(loaded.secrets)));
+    let registry = Arc::new(Registry::default());
+    let sandboxes = Arc::new(Sandboxes::new(
+        current.clone(),
+        registry.clone(),
         pool,
         netlink,
-        audit,
         SandboxNetwork {
             ipv6,
             dns_addresses,
-            networks: networks(&config),
         },
         nofile_soft,
         stopping,
     ));
+    let proxy = Arc::new(ProxyContext {
+        sandboxes: registry,
+        config: current.clone(),
+        audit,
+        upstreams: Upstreams::new(loaded.upstream_tls),
+        networks: networks(&config),
+    });
     let workers = Arc::new(Workers::start().context("starting the connection workers")?);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::serve(control, daemon.clone()));
-    for listener in listeners.tcp {
-        tasks.spawn(tproxy::serve(listener, daemon.clone(), workers.clone()));
+    tasks.spawn(control::serve(control, sandboxes.clone()));
+    for socket in listeners.tcp {
+        tasks.spawn(tcp_relay::serve(socket, proxy.clone(), workers.clone()));
     }
-    for listener in listeners.tls {
-        tasks.spawn(tls::serve(listener, daemon.clone(), workers.clone()));
+    for socket in listeners.tls {
+        tasks.spawn(tls_router::serve(socket, proxy.clone(), workers.clone()));
     }
     for socket in listeners.dns {
-        tasks.spawn(dns::serve(socket, daemon.clone()));
+        tasks.spawn(dns::serve(socket, proxy.clone()));
     }
-    tasks.spawn(tproxy::refresh_host_addresses(
+    tasks.spawn(host_addresses::refresh_forever(
         Netlink::connect().context("opening a netlink socket")?,
     ));
-    tasks.spawn(daemon.clone().reap_forever());
+    tasks.spawn(sandboxes.clone().reap_forever());
     tasks.spawn(guard_kernel_state(
-        daemon.clone(),
+        sandboxes.clone(),
         Netlink::connect().context("opening a netlink socket")?,
         ruleset,
         ipv6,
@@ -252,20 +255,20 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&daemon),
+            _ = hangup.recv() => reload(&current, &proxy.upstreams),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
 
-    let running = daemon.live_pids().len();
+    let running = sandboxes.live_pids().len();
     tracing::info!(
         sandboxes = running,
         "stopping: each command gets SIGTERM, then SIGKILL after {GRACE:?}"
     );
     systemd::notify(&format!("STOPPING=1\nSTATUS=ending {running} sandboxes"));
     let _ = stop.send(true);
-    if tokio::time::timeout(GRACE + Duration::from_secs(5), daemon.wait_idle())
+    if tokio::time::timeout(GRACE + Duration::from_secs(5), sandboxes.wait_idle())
         .await
         .is_err()
     {
@@ -277,7 +280,7 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         tracing::error!(%error, "removing the nftables table");
         failed = true;
     }
-    if let Err(error) = daemon
+    if let Err(error) = sandboxes
         .netlink
         .remove_policy_routing(MARK, ROUTE_TABLE)
         .await
@@ -285,7 +288,11 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         tracing::error!(%error, "removing policy routing");
         failed = true;
     }
-    if let Err(error) = daemon.netlink.delete_links_with_prefix(LINK_PREFIX).await {
+    if let Err(error) = sandboxes
+        .netlink
+        .delete_links_with_prefix(LINK_PREFIX)
+        .await
+    {
         tracing::error!(%error, "removing veths");
         failed = true;
     }
@@ -304,7 +311,7 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
 /// them (`nft flush ruleset`, restarting nftables.service, `ip rule flush`), so they are checked often
 /// and put back, with the live sandboxes' elements.
 async fn guard_kernel_state(
-    daemon: Arc<Daemon>,
+    sandboxes: Arc<Sandboxes>,
     netlink: Netlink,
     ruleset: RulesetParams,
     ipv6: bool,
@@ -313,7 +320,7 @@ async fn guard_kernel_state(
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Live sandboxes first: every one of them had its elements before it was registered.
-        let live = daemon.live_elements();
+        let live = sandboxes.live_elements();
         match nft::read_back().await {
             Ok(state) => {
                 let missing = live.iter().any(|e| !state.ifaces.contains(&e.ifname));
@@ -367,17 +374,17 @@ fn networks(config: &Config) -> Vec<IpNet> {
     networks
 }
 
-fn reload(daemon: &Daemon) {
+fn reload(current: &Current, upstreams: &Upstreams) {
     systemd::notify("RELOADING=1");
-    reload_config(daemon);
+    reload_config(current, upstreams);
     systemd::notify("READY=1");
 }
 
-fn reload_config(daemon: &Daemon) {
-    let current = daemon.config();
-    match load(&current.path) {
+fn reload_config(current: &Current, upstreams: &Upstreams) {
+    let running_config = current.config();
+    match load(&running_config.path) {
         Ok(mut new) => {
-            let (running, fresh) = (&current.daemon, &mut new.config.daemon);
+            let (running, fresh) = (&running_config.daemon, &mut new.config.daemon);
             if running.socket != fresh.socket
                 || running.socket_group != fresh.socket_group
                 || running.subnet != fresh.subnet
@@ -395,9 +402,9 @@ fn reload_config(daemon: &Daemon) {
             fresh.subnet = running.subnet;
             fresh.subnet6 = running.subnet6;
             fresh.audit_log = running.audit_log.clone();
-            daemon.upstreams.set_config(new.upstream_tls);
-            daemon.set_config(Arc::new(new.config), Arc::new(new.secrets));
-            tracing::info!(config = %current.path.display(), "config reloaded; new sandboxes use it");
+            upstreams.set_config(new.upstream_tls);
+            current.set(Arc::new(new.config), Arc::new(new.secrets));
+            tracing::info!(config = %running_config.path.display(), "config reloaded; new sandboxes use it");
             systemd::notify("STATUS=config reloaded");
         }
         Err(error) => {

@@ -1,17 +1,16 @@
-//! The transparent listeners and the plain TCP relay. nftables TPROXYs every TCP connection a sandbox opens
-//! to a listener here (IP_TRANSPARENT: the accepted socket's local address is the original destination).
-//! The relay finds the sandbox by the connection's source address, refuses destinations a sandbox may
-//! never reach (the host itself, loopback, link-local and metadata addresses, other sandboxes) or that its
-//! profile does not allow, and otherwise opens the outbound connection itself and copies bytes both ways.
-//! Connections to port 53 are DNS over TCP, which the relay hands to `dns` instead.
+//! The front door: the transparent listeners, and who may connect where. nftables TPROXYs every TCP
+//! connection a sandbox opens to a listener here (IP_TRANSPARENT: the accepted socket's local address is the
+//! original destination), and the accept loop hands it to a worker. Admission finds the sandbox by the
+//! connection's source address and refuses destinations a sandbox may never reach (the host itself,
+//! loopback, link-local and metadata addresses, other sandboxes) or that its profile does not allow.
 
 use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use nix::sys::socket::{
@@ -19,14 +18,12 @@ use nix::sys::socket::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::audit::{Kind, Record, Verdict};
-use crate::daemon::SOCKET_MARK;
-use crate::dns;
-use crate::lifecycle::{Daemon, Sandbox};
-use crate::netlink::Netlink;
-use crate::workers::Workers;
+use crate::kernel::host_addresses;
+use crate::kernel::marks::SOCKET_MARK;
+use crate::proxy::context::ProxyContext;
+use crate::proxy::workers::Workers;
+use crate::sandbox::live::Sandbox;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open relayed connections one sandbox may hold, so it cannot exhaust the daemon's descriptors.
 pub const MAX_CONNECTIONS_PER_SANDBOX: u64 = 4096;
 
@@ -96,19 +93,15 @@ pub fn tcp_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     )?))
 }
 
-pub async fn serve(listener: TcpListener, daemon: Arc<Daemon>, workers: Arc<Workers>) {
-    accept_loop(listener, daemon, workers, relay).await
-}
-
 /// Accepts forever and hands each connection to a worker, where it stays until it closes. An accept error
 /// (EMFILE...) is logged and retried after a pause instead of spinning.
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    daemon: Arc<Daemon>,
+    context: Arc<ProxyContext>,
     workers: Arc<Workers>,
     handle: F,
 ) where
-    F: Fn(Arc<Daemon>, TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
+    F: Fn(Arc<ProxyContext>, TcpStream, SocketAddr) -> Fut + Copy + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -120,10 +113,10 @@ pub async fn accept_loop<F, Fut>(
                 let Ok(client) = client.into_std() else {
                     continue;
                 };
-                let daemon = daemon.clone();
+                let context = context.clone();
                 workers.spawn(peer.ip(), move || async move {
                     match TcpStream::from_std(client) {
-                        Ok(client) => handle(daemon, client, peer).await,
+                        Ok(client) => handle(context, client, peer).await,
                         Err(error) => tracing::warn!(%error, "registering a connection"),
                     }
                 });
@@ -136,45 +129,15 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-async fn relay(daemon: Arc<Daemon>, client: TcpStream, peer: SocketAddr) {
-    let Some((sandbox, destination)) = admit(&daemon, &client, peer) else {
-        return;
-    };
-    let started = Instant::now();
-    sandbox.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let active = ActiveConnection::enter(&sandbox);
-    // TCP to port 53 is DNS: answered as over UDP, whatever the profile's egress.
-    if destination.port() == 53 && !active.over_limit {
-        dns::serve_tcp(&daemon, &sandbox, client, destination).await;
-        return;
-    }
-    let mut record = Record::new(&sandbox, Kind::Tcp, destination);
-    // Under egress = "deny", plain TCP carries no name of its own: it may go to an address the sandbox's
-    // DNS gave for a host it may reach, and the audit names that host.
-    record.host = sandbox.resolved.name_of(destination.ip());
-    let check_egress = record.host.is_none();
-    if let Some(reason) = refusal(
-        &daemon,
-        &sandbox,
-        destination,
-        active.over_limit,
-        check_egress,
-    ) {
-        deny(&daemon, client, record, reason, started).await;
-        return;
-    }
-    splice(&daemon, &sandbox, client, destination, record, started).await;
-}
-
 /// The sandbox a relayed connection came from and where it was going; None (and the connection reset)
 /// if it came from no live sandbox: a host process that found the listener, or a sandbox that just ended.
 pub fn admit(
-    daemon: &Daemon,
+    context: &ProxyContext,
     client: &TcpStream,
     peer: SocketAddr,
 ) -> Option<(Arc<Sandbox>, SocketAddr)> {
     let destination = client.local_addr().ok()?;
-    match daemon.sandbox_by_addr(peer.ip()) {
+    match context.sandboxes.by_addr(peer.ip()) {
         Some(sandbox) => Some((sandbox, destination)),
         None => {
             tracing::debug!(%peer, %destination, "connection from an unknown address closed");
@@ -191,7 +154,7 @@ pub fn admit(
 /// Why this connection may not go out, if it may not. `check_egress`: whether a profile with
 /// `egress = "deny"` refuses it (plain TCP to an address no allowed name resolved to).
 pub fn refusal(
-    daemon: &Daemon,
+    context: &ProxyContext,
     sandbox: &Sandbox,
     destination: SocketAddr,
     over_limit: bool,
@@ -204,8 +167,8 @@ pub fn refusal(
     }
     let blocked = blocked_reason(
         destination.ip(),
-        &daemon.network.networks,
-        &host_addresses(),
+        &context.networks,
+        &host_addresses::current(),
     );
     if let Some(reason) = blocked {
         return Some(format!("{destination} is {reason}"));
@@ -217,62 +180,6 @@ pub fn refusal(
             sandbox.profile.name
         )
     })
-}
-
-async fn deny(
-    daemon: &Daemon,
-    client: TcpStream,
-    mut record: Record,
-    reason: String,
-    started: Instant,
-) {
-    tracing::debug!(sandbox = %record.sandbox, destination = %record.destination, %reason, "connection refused");
-    record.finish(Verdict::Denied, Some(reason), started);
-    daemon.audit.log(record).await;
-    reset(client);
-}
-
-/// Opens the outbound connection and copies bytes both ways until both sides are done.
-pub async fn splice(
-    daemon: &Daemon,
-    sandbox: &Sandbox,
-    mut client: TcpStream,
-    destination: SocketAddr,
-    mut record: Record,
-    started: Instant,
-) {
-    let mut upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(error)) => {
-                record.finish(Verdict::Error, Some(format!("connect: {error}")), started);
-                daemon.audit.log(record).await;
-                reset(client);
-                return;
-            }
-            Err(_) => {
-                record.finish(Verdict::Error, Some("connect: timed out".into()), started);
-                daemon.audit.log(record).await;
-                reset(client);
-                return;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
-    let _ = client.set_nodelay(true);
-    let (up, down, error) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => (up, down, None),
-        Err(error) => (0, 0, Some(error.to_string())),
-    };
-    sandbox.stats.add_bytes(up, down);
-    record.bytes_up = up;
-    record.bytes_down = down;
-    let verdict = if error.is_some() {
-        Verdict::Error
-    } else {
-        Verdict::Passed
-    };
-    record.finish(verdict, error, started);
-    daemon.audit.log(record).await;
 }
 
 /// Closes with RST so the client fails at once instead of seeing an orderly, empty connection.
@@ -362,35 +269,6 @@ pub fn blocked_reason(
         return Some("an address of the host");
     }
     None
-}
-
-fn host_address_cache() -> &'static RwLock<HashSet<IpAddr>> {
-    static CACHE: OnceLock<RwLock<HashSet<IpAddr>>> = OnceLock::new();
-    CACHE.get_or_init(RwLock::default)
-}
-
-/// The host's own addresses, as last read from the kernel. A read guard, not a copy: this is asked for
-/// every connection.
-pub fn host_addresses() -> std::sync::RwLockReadGuard<'static, HashSet<IpAddr>> {
-    host_address_cache()
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps the host address cache current: addresses come and go (DHCP, new interfaces).
-/// Uses a netlink socket of its own: the kernel refuses a second dump on a socket while one runs.
-pub async fn refresh_host_addresses(netlink: Netlink) {
-    loop {
-        match netlink.local_addresses().await {
-            Ok(addresses) => {
-                *host_address_cache()
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = addresses.into_iter().collect();
-            }
-            Err(error) => tracing::warn!(%error, "reading the host's addresses"),
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::init::EXIT_NO_SANDBOX;
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, Request, SandboxInfo};
+use crate::sandbox::init::EXIT_NO_SANDBOX;
 
 /// Signals that `sandbox exec` passes on to the command instead of dying of them.
 const FORWARDED: [Signal; 7] = [
@@ -112,19 +112,19 @@ pub fn exec(
 /// The CA bundles the caller's environment points at, read as the caller: the sandbox sees them with its
 /// CA added, and only what the caller could read itself can get there.
 fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
-    let mut paths: Vec<std::ffi::OsString> = crate::trust::variables()
+    let mut paths: Vec<std::ffi::OsString> = crate::sandbox::trust::variables()
         .filter_map(std::env::var_os)
         .filter(|path| !path.is_empty())
         // The daemon adds the CA to the distribution bundles itself.
         .filter(|path| {
-            !crate::trust::SYSTEM_BUNDLES
+            !crate::sandbox::trust::SYSTEM_BUNDLES
                 .iter()
                 .any(|bundle| path == bundle)
         })
         .collect();
     paths.sort();
     paths.dedup();
-    let mut budget = crate::trust::MAX_CALLER_FILE as u64;
+    let mut budget = crate::sandbox::trust::MAX_CALLER_FILE as u64;
     paths
         .into_iter()
         .filter_map(|path| {
@@ -138,7 +138,7 @@ fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
                     "sandbox: {} is not given the sandbox's CA: the CA files your environment names \
                      pass {} MiB in all; programs that read it will not trust intercepted hosts",
                     path.to_string_lossy(),
-                    crate::trust::MAX_CALLER_FILE >> 20
+                    crate::sandbox::trust::MAX_CALLER_FILE >> 20
                 );
                 return None;
             }

@@ -590,7 +590,11 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
             let created = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |since| since.as_millis() as u64);
-            java_keystore = Some(crate::trust::java_keystore(&bundle, &spec.ca_pem, created));
+            java_keystore = Some(crate::sandbox::trust::java_keystore(
+                &bundle,
+                &spec.ca_pem,
+                created,
+            ));
         }
         if !bundle.is_empty() && !bundle.ends_with(b"\n") {
             bundle.push(b'\n');

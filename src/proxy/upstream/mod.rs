@@ -25,6 +25,8 @@
 //! and, once, an idempotent one whose connection closed before any of its response came. Nothing else that
 //! the upstream may have processed is sent again. A connection going away takes no new request.
 
+pub mod replay;
+
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -49,9 +51,9 @@ use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::http2_relay;
-use crate::policy::is_idempotent;
-use crate::replay::{NotReplayable, Replayable};
+use crate::proxy::http2;
+use crate::proxy::policy::is_idempotent;
+use crate::proxy::upstream::replay::{NotReplayable, Replayable};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
@@ -120,6 +122,16 @@ pub enum SendError {
 pub struct Sent {
     pub result: Result<(Response<UpstreamBody>, Option<Lease>), SendError>,
     pub retries: u32,
+}
+
+/// Which pooled connections an attempt may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    Any,
+    /// Not an idle HTTP/1.1 connection.
+    Http2,
+    /// None: a new connection.
+    Nothing,
 }
 
 /// How far a failed attempt got, as far as sending the request again goes.
@@ -435,13 +447,11 @@ impl Upstreams {
         let generation = self.generation.load(Ordering::Acquire);
         let (mut replay, mut request) = Replayable::new(request);
         let mut retries = 0;
-        // The first attempt may take an idle pooled HTTP/1.1 connection; after a failure the others in the
-        // pool are likely as stale (closed by the same keep-alive timeout, or the same restart).
-        let mut take_idle = true;
+        let mut reuse = Reuse::Any;
         let mut closed_retried = false;
         let mut reconnect = Reconnect::default();
         loop {
-            let (failure, error) = match self.attempt(&key, generation, take_idle, request).await {
+            let (failure, error) = match self.attempt(&key, generation, reuse, request).await {
                 Ok(answered) => {
                     return Sent {
                         result: Ok(answered),
@@ -491,9 +501,17 @@ impl Upstreams {
                     }
                 }
             };
+            // After a failure the idle HTTP/1.1 connections of the pool are likely as stale as the one that
+            // failed (closed by the same keep-alive timeout, or the same restart); after a connection
+            // closed, so are the pool's HTTP/2 connections (a restart closes them all at once), while a
+            // GOAWAY or a refused stream says nothing about the others.
+            reuse = match failure {
+                Failure::Unprocessed => Reuse::Http2,
+                Failure::Closed => Reuse::Nothing,
+                Failure::NotConnected | Failure::Final => reuse,
+            };
             if failure != Failure::NotConnected {
                 retries += 1;
-                take_idle = false;
                 tracing::debug!(%error, ?failure, %name, %destination, "sending a request again");
             }
         }
@@ -504,11 +522,11 @@ impl Upstreams {
         &self,
         key: &PoolKey,
         generation: u64,
-        take_idle: bool,
+        reuse: Reuse,
         mut request: Request<ProxyBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), (Failure, SendError)> {
         let checkout = self
-            .checkout(key, generation, take_idle)
+            .checkout(key, generation, reuse)
             .map_err(|error| (Failure::Final, error))?;
         let connection = match checkout {
             Checkout::Pooled(connection) => connection,
@@ -674,21 +692,25 @@ impl Upstreams {
         })
     }
 
-    /// A pooled connection ready for a request, or what it takes to make one (`take_idle`: whether an idle
-    /// HTTP/1.1 connection may be used). A connection going away is let go of: its requests under way
-    /// finish on it, new ones go elsewhere.
+    /// A pooled connection ready for a request (of those `reuse` allows), or what it takes to make one. A
+    /// connection going away is let go of: its requests under way finish on it, new ones go elsewhere.
     fn checkout(
         &self,
         key: &PoolKey,
         generation: u64,
-        take_idle: bool,
+        reuse: Reuse,
     ) -> Result<Checkout, SendError> {
         self.with_pool(key, generation, |pool| {
             pool.http2.retain_mut(|sender| !sender.is_going_away());
-            if let Some(sender) = pool.http2.iter().find(|sender| sender.has_room()) {
+            let pooled = pool
+                .http2
+                .iter()
+                .filter(|_| reuse != Reuse::Nothing)
+                .find(|sender| sender.has_room());
+            if let Some(sender) = pooled {
                 return Checkout::Pooled(Connection::Http2(sender.clone()));
             }
-            while let Some((sender, _)) = pool.idle.pop().filter(|_| take_idle) {
+            while let Some((sender, _)) = pool.idle.pop().filter(|_| reuse == Reuse::Any) {
                 if sender.is_ready() {
                     return Checkout::Pooled(Connection::Http1(sender));
                 }
@@ -773,7 +795,7 @@ async fn dial(
 }
 
 /// An upstream connection relayed for one HTTP/2 client.
-type RelayConnection = http2_relay::Upstream<TlsStream<TcpStream>>;
+type RelayConnection = http2::Upstream<TlsStream<TcpStream>>;
 
 /// A pool's spare: handing it a sender makes its task send the connection.
 type Spare = oneshot::Sender<oneshot::Sender<RelayConnection>>;
@@ -788,7 +810,7 @@ async fn dial_http2(
     let key: PoolKey = (destination, name.to_str().into_owned(), Protocols::Any);
     let tls = dial(destination, connector, name).await?;
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        return match tokio::time::timeout(CONNECT_TIMEOUT, http2_relay::handshake(tls)).await {
+        return match tokio::time::timeout(CONNECT_TIMEOUT, http2::handshake(tls)).await {
             Ok(Ok(connection)) => Ok(Some(connection)),
             Ok(Err(error)) => Err(SendError::Connect(error)),
             Err(_) => Err(SendError::ConnectTimeout),
