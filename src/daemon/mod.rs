@@ -153,38 +153,7 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     control::check_free(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
     let audit = Audit::open(&config.daemon.audit_log)?;
     let netlink = Netlink::connect().context("opening a netlink socket")?;
-    let leftovers = netlink
-        .delete_links_with_prefix(LINK_PREFIX)
-        .await
-        .context("removing veths left by a previous daemon")?;
-    if !leftovers.is_empty() {
-        tracing::warn!(
-            count = leftovers.len(),
-            "removed veths left by a previous daemon"
-        );
-    }
-    let ipv6 = ipv6_usable(&config);
-    if config.daemon.subnet6.is_some() && !ipv6 {
-        tracing::warn!(
-            "daemon.subnet6 is set but this host has no IPv6 loopback; sandboxes get IPv4 only"
-        );
-    }
-    let listeners = bind_listeners(ipv6)?;
-    let ruleset = RulesetParams {
-        mark: MARK,
-        socket_mark: SOCKET_MARK,
-        tcp_port: listeners.tcp_port,
-        tls_port: listeners.tls_port,
-        dns_port: listeners.dns_port,
-        networks: networks(&config),
-    };
-    nft::install(ruleset.clone()).await.context(
-        "installing the nftables table inet sandbox (is nftables installed? `sandbox doctor`)",
-    )?;
-    netlink
-        .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
-        .await
-        .context("installing policy routing for TPROXY")?;
+    let (listeners, ruleset, ipv6) = take_over_the_kernel(&config, &netlink).await?;
 
     let mut pool = AddressPool::new(config.daemon.subnet, config.daemon.subnet6.filter(|_| ipv6));
     // Slot 0 is never a sandbox: its host address is where the DNS relay answers, an address no
@@ -250,31 +219,88 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         config.daemon.socket.display()
     ));
 
+    serve_until_stopped(&current, &proxy.upstreams).await?;
+    let _ = stop.send(true);
+    wait_for_the_sandboxes(&sandboxes).await;
+    // Before the kernel objects go: the guard would put them back.
+    tasks.abort_all();
+    remove_kernel_state(&sandboxes, &config).await
+}
+
+/// Clears what a killed daemon left (veths), binds the listeners, and points the nftables table and
+/// policy routing at them. Returns the listeners, the ruleset (to restore it if it is removed) and whether
+/// sandboxes get IPv6.
+async fn take_over_the_kernel(
+    config: &Config,
+    netlink: &Netlink,
+) -> anyhow::Result<(Listeners, RulesetParams, bool)> {
+    let leftovers = netlink
+        .delete_links_with_prefix(LINK_PREFIX)
+        .await
+        .context("removing veths left by a previous daemon")?;
+    if !leftovers.is_empty() {
+        tracing::warn!(
+            count = leftovers.len(),
+            "removed veths left by a previous daemon"
+        );
+    }
+    let ipv6 = ipv6_usable(config);
+    if config.daemon.subnet6.is_some() && !ipv6 {
+        tracing::warn!(
+            "daemon.subnet6 is set but this host has no IPv6 loopback; sandboxes get IPv4 only"
+        );
+    }
+    let listeners = bind_listeners(ipv6)?;
+    let ruleset = RulesetParams {
+        mark: MARK,
+        socket_mark: SOCKET_MARK,
+        tcp_port: listeners.tcp_port,
+        tls_port: listeners.tls_port,
+        dns_port: listeners.dns_port,
+        networks: networks(config),
+    };
+    nft::install(ruleset.clone()).await.context(
+        "installing the nftables table inet sandbox (is nftables installed? `sandbox doctor`)",
+    )?;
+    netlink
+        .install_policy_routing(MARK, ROUTE_TABLE, ipv6)
+        .await
+        .context("installing policy routing for TPROXY")?;
+    Ok((listeners, ruleset, ipv6))
+}
+
+/// Reloads the config on SIGHUP; returns on SIGTERM or SIGINT.
+async fn serve_until_stopped(current: &Current, upstreams: &Upstreams) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(&current, &proxy.upstreams),
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = hangup.recv() => reload(current, upstreams),
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
         }
     }
+}
 
+/// Waits (bounded) for the sandboxes, told to stop, to end and be torn down.
+async fn wait_for_the_sandboxes(sandboxes: &Sandboxes) {
     let running = sandboxes.live_pids().len();
     tracing::info!(
         sandboxes = running,
         "stopping: each command gets SIGTERM, then SIGKILL after {GRACE:?}"
     );
     systemd::notify(&format!("STOPPING=1\nSTATUS=ending {running} sandboxes"));
-    let _ = stop.send(true);
     if tokio::time::timeout(GRACE + Duration::from_secs(5), sandboxes.wait_idle())
         .await
         .is_err()
     {
         tracing::error!("sandboxes did not end in time; removing their network anyway");
     }
-    tasks.abort_all();
+}
+
+/// Removes every kernel object the daemon made, going on past errors.
+async fn remove_kernel_state(sandboxes: &Sandboxes, config: &Config) -> anyhow::Result<()> {
     let mut failed = false;
     if let Err(error) = nft::remove().await {
         tracing::error!(%error, "removing the nftables table");

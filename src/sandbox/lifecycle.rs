@@ -317,45 +317,7 @@ impl Sandboxes {
         wiring.keeper = Some(pid);
         init::send_stdin(&control, stdin).map_err(SetupError::Spawn)?;
 
-        let trust = self.trust_plan(ca, request);
-        let (add_ca, caller_bundles): (Vec<_>, Vec<_>) =
-            trust.files.into_iter().partition(|(path, _)| {
-                crate::sandbox::trust::SYSTEM_BUNDLES
-                    .iter()
-                    .any(|bundle| path == std::path::Path::new(bundle))
-            });
-        let mut replace: Vec<(PathBuf, Bytes)> = caller_bundles
-            .into_iter()
-            .map(|(path, content)| (path, Bytes(content)))
-            .collect();
-        replace.extend(self.replaced_files());
-        let mut env: Vec<(Bytes, Bytes)> = request
-            .env
-            .iter()
-            .filter(|(key, _)| !trust.env.iter().any(|(name, _)| name.as_bytes() == key.0))
-            .cloned()
-            .collect();
-        env.extend(
-            trust
-                .env
-                .into_iter()
-                .map(|(key, value)| (Bytes(key.into_bytes()), Bytes(value.into_bytes()))),
-        );
-        let spec = InitSpec {
-            argv: request.argv.clone(),
-            env,
-            cwd: request.cwd.clone(),
-            uid: caller.uid,
-            gid: caller.gid,
-            groups: caller.groups.clone(),
-            tty: request.tty,
-            hide: hidden_paths(config),
-            replace,
-            add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
-            ca_pem: ca.cert_pem().to_string(),
-            java_keystores: trust.java_keystores,
-            nofile_soft: self.nofile_soft,
-        };
+        let spec = self.init_spec(caller, request, config, ca);
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let (link_spec, elements) = (wiring.link_spec(), wiring.elements());
         let wired = async {
@@ -394,6 +356,56 @@ impl Sandboxes {
             ))));
         }
         Ok((pid, keeper, control))
+    }
+
+    /// What the keeper is told to make: the command, its environment with the trust variables, who it runs
+    /// as, the paths it must not see and the files it sees replaced (CA bundles, resolv.conf).
+    fn init_spec(
+        &self,
+        caller: &Caller,
+        request: &ExecRequest,
+        config: &Config,
+        ca: &SandboxCa,
+    ) -> InitSpec {
+        let trust = self.trust_plan(ca, request);
+        let (add_ca, caller_bundles): (Vec<_>, Vec<_>) =
+            trust.files.into_iter().partition(|(path, _)| {
+                crate::sandbox::trust::SYSTEM_BUNDLES
+                    .iter()
+                    .any(|bundle| path == std::path::Path::new(bundle))
+            });
+        let mut replace: Vec<(PathBuf, Bytes)> = caller_bundles
+            .into_iter()
+            .map(|(path, content)| (path, Bytes(content)))
+            .collect();
+        replace.extend(self.replaced_files());
+        let mut env: Vec<(Bytes, Bytes)> = request
+            .env
+            .iter()
+            .filter(|(key, _)| !trust.env.iter().any(|(name, _)| name.as_bytes() == key.0))
+            .cloned()
+            .collect();
+        env.extend(
+            trust
+                .env
+                .into_iter()
+                .map(|(key, value)| (Bytes(key.into_bytes()), Bytes(value.into_bytes()))),
+        );
+        InitSpec {
+            argv: request.argv.clone(),
+            env,
+            cwd: request.cwd.clone(),
+            uid: caller.uid,
+            gid: caller.gid,
+            groups: caller.groups.clone(),
+            tty: request.tty,
+            hide: hidden_paths(config),
+            replace,
+            add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
+            ca_pem: ca.cert_pem().to_string(),
+            java_keystores: trust.java_keystores,
+            nofile_soft: self.nofile_soft,
+        }
     }
 
     /// Waits for the command while passing on the client's signals. Returns the exit status for the client.
