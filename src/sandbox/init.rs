@@ -11,6 +11,8 @@
 //! Everything here runs in single-threaded processes, never on a tokio thread: setns/unshare, set*id and
 //! capabilities act on the calling thread only.
 
+mod sys;
+
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -33,6 +35,7 @@ use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{self, Bytes};
+use sys::{Linux, Sys};
 
 /// The hidden first argument that turns this binary into the sandbox's init.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -359,157 +362,97 @@ fn pid1(
     // SAFETY: PID 1 is single-threaded.
     match unsafe { fork() }.context(|| "fork of the command".into())? {
         ForkResult::Child => {
-            let code = run_command(spec, previous_mask);
+            let (code, reason) = run_command(&mut Linux, spec, previous_mask);
+            let _ = writeln!(io::stderr(), "sandbox: {reason}");
             std::process::exit(code)
         }
         ForkResult::Parent { child } => supervise(child, forwarded),
     }
 }
 
-/// Becomes the command. Returns only on failure, with the exit status that failure should have.
-fn run_command(spec: &InitSpec, previous_mask: &SigSet) -> i32 {
+/// Becomes the command. Returns only on failure, with the exit status that failure should have and why.
+fn run_command<S: Sys>(sys: &mut S, spec: &InitSpec, previous_mask: &SigSet) -> (i32, String) {
+    let result = become_caller(sys, spec, previous_mask).and_then(|()| {
+        let cwd = Path::new(OsStr::from_bytes(&spec.cwd.0));
+        sys.chdir(cwd)
+            .context(|| format!("cannot enter the working directory {}", cwd.display()))
+    });
+    // Whatever the daemon inherited from what started it (a shell's pipe, a supervisor's file) is not
+    // close-on-exec, and would otherwise reach the command, opened with rights the caller does not have.
+    let result = result.and_then(|()| {
+        sys.only_stdio_on_exec()
+            .context(|| "keeping the daemon's descriptors from the command".into())
+    });
+    if let Err(error) = result {
+        return (EXIT_NO_SANDBOX, error.to_string());
+    }
+    let error = exec_search(sys, &spec.argv, &spec.env);
     let argv0 = spec
         .argv
         .first()
         .map(|arg| String::from_utf8_lossy(&arg.0).into_owned())
         .unwrap_or_default();
-    let result = become_caller(spec, previous_mask).and_then(|()| {
-        let cwd = Path::new(OsStr::from_bytes(&spec.cwd.0));
-        nix::unistd::chdir(cwd)
-            .context(|| format!("cannot enter the working directory {}", cwd.display()))
-    });
-    let result = result.and_then(|()| only_stdio_on_exec());
-    if let Err(error) = result {
-        let _ = writeln!(io::stderr(), "sandbox: {error}");
-        return EXIT_NO_SANDBOX;
-    }
-    let error = exec_search(&spec.argv, &spec.env);
     let (code, reason) = match error {
         Errno::ENOENT | Errno::ENOTDIR => (EXIT_NOT_FOUND, "command not found".to_string()),
         other => (EXIT_NOT_EXECUTABLE, other.desc().to_lowercase()),
     };
-    let _ = writeln!(io::stderr(), "sandbox: {argv0}: {reason}");
-    code
+    (code, format!("{argv0}: {reason}"))
 }
 
-/// Marks every descriptor but stdin, stdout and stderr close-on-exec. Whatever the daemon inherited from
-/// what started it (a shell's pipe, a supervisor's file) is not close-on-exec, and would otherwise reach
-/// the command, opened with rights the caller does not have.
-fn only_stdio_on_exec() -> Result<(), InitError> {
-    // SAFETY: a system call on descriptor numbers only; it changes no memory.
-    let marked =
-        unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) };
-    if marked == 0 {
-        return Ok(());
-    }
-    // Kernels before 5.11 know close_range without this flag: mark them one by one.
-    let what = || "keeping the daemon's descriptors from the command".to_string();
-    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .context(what)?
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|&fd| fd > 2)
-        .collect();
-    for fd in open {
-        // SAFETY: as above; a descriptor closed since the listing gives EBADF, which is ignored.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok(())
-}
-
-fn become_caller(spec: &InitSpec, previous_mask: &SigSet) -> Result<(), InitError> {
-    previous_mask
-        .thread_set_mask()
+fn become_caller<S: Sys>(
+    sys: &mut S,
+    spec: &InitSpec,
+    previous_mask: &SigSet,
+) -> Result<(), InitError> {
+    sys.reset_signals(previous_mask)
         .context(|| "restoring the signal mask".into())?;
-    reset_signal_dispositions();
     // What the daemon set for itself must not pass to the command: its OOM protection (a sandbox should
     // be killed before the daemon, not after) and its raised open-files limit.
-    std::fs::write("/proc/self/oom_score_adj", b"0")
+    sys.reset_oom_score()
         .context(|| "resetting oom_score_adj".into())?;
-    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    let hard = sys
+        .open_files_hard_limit()
         .context(|| "reading RLIMIT_NOFILE".into())?;
-    nix::sys::resource::setrlimit(
-        nix::sys::resource::Resource::RLIMIT_NOFILE,
-        spec.nofile_soft.min(hard),
-        hard,
-    )
-    .context(|| "setting RLIMIT_NOFILE".into())?;
-    nix::unistd::setsid().context(|| "setsid".into())?;
+    sys.set_open_files_limit(spec.nofile_soft.min(hard), hard)
+        .context(|| "setting RLIMIT_NOFILE".into())?;
+    sys.new_session().context(|| "setsid".into())?;
     if spec.tty {
-        // SAFETY: plain ioctl on our own stdin; 0 means "do not steal it from another session".
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(io::Error::last_os_error())
-                .context(|| "taking the terminal as controlling terminal".into());
-        }
+        sys.take_terminal()
+            .context(|| "taking the terminal as controlling terminal".into())?;
     }
-    drop_bounding_set()?;
+    drop_bounding_set(sys)?;
     let groups: Vec<Gid> = spec.groups.iter().map(|&gid| Gid::from_raw(gid)).collect();
-    nix::unistd::setgroups(&groups).context(|| "setting supplementary groups".into())?;
+    sys.set_groups(&groups)
+        .context(|| "setting supplementary groups".into())?;
     let gid = Gid::from_raw(spec.gid);
-    nix::unistd::setresgid(gid, gid, gid).context(|| format!("setting gid {gid}"))?;
+    sys.set_gid(gid).context(|| format!("setting gid {gid}"))?;
     let uid = Uid::from_raw(spec.uid);
-    nix::unistd::setresuid(uid, uid, uid).context(|| format!("setting uid {uid}"))?;
-    // A caller with uid 0 keeps its capabilities through setresuid; nobody keeps any.
+    sys.set_uid(uid).context(|| format!("setting uid {uid}"))?;
+    // A caller with uid 0 keeps its capabilities through setresuid; nobody keeps any. The effective set
+    // goes before the permitted one, which it must stay within.
     for set in [
         caps::CapSet::Ambient,
         caps::CapSet::Inheritable,
         caps::CapSet::Effective,
         caps::CapSet::Permitted,
     ] {
-        caps::clear(None, set)
-            .map_err(io::Error::other)
+        sys.clear_capabilities(set)
             .context(|| format!("clearing the {set:?} capability set"))?;
     }
-    nix::sys::prctl::set_no_new_privs().context(|| "setting no_new_privs".into())?;
+    sys.set_no_new_privs()
+        .context(|| "setting no_new_privs".into())?;
     Ok(())
-}
-
-/// Ignored signals survive exec, and the Rust runtime ignores SIGPIPE: without this, `yes | head` would
-/// never end inside a sandbox. Every catchable signal goes back to its default — through the raw system
-/// call, because libc refuses to touch the signals it reserves for itself (32, 33), which an ignoring
-/// parent may still have passed down.
-fn reset_signal_dispositions() {
-    /// The kernel's `struct sigaction` (not libc's).
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: libc::sighandler_t,
-        flags: libc::c_ulong,
-        restorer: usize,
-        mask: u64,
-    }
-    let default = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    for signal in 1..=64 {
-        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-            // SAFETY: a valid kernel sigaction for SIG_DFL; no old action is written back.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    &default as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8,
-                )
-            };
-        }
-    }
 }
 
 /// Empties the bounding set through prctl rather than a fixed list, so capabilities newer than any
 /// list we could ship are dropped too. Needs CAP_SETPCAP, so it runs before the uid changes.
-fn drop_bounding_set() -> Result<(), InitError> {
+fn drop_bounding_set<S: Sys>(sys: &mut S) -> Result<(), InitError> {
     for cap in 0..64 {
-        // SAFETY: prctl with integer arguments only.
-        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) };
-        if present < 0 {
+        let known = sys
+            .drop_from_bounding_set(cap)
+            .context(|| format!("dropping capability {cap} from the bounding set"))?;
+        if !known {
             break; // past the last capability this kernel knows
-        }
-        if present == 1 && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
-            return Err(io::Error::last_os_error())
-                .context(|| format!("dropping capability {cap} from the bounding set"));
         }
     }
     Ok(())
@@ -517,7 +460,7 @@ fn drop_bounding_set() -> Result<(), InitError> {
 
 /// execve with a PATH search over the *caller's* PATH (libc's execvp would use ours). Returns the most
 /// telling error: permission problems beat "not found", as in a shell.
-fn exec_search(argv: &[Bytes], env: &[(Bytes, Bytes)]) -> Errno {
+fn exec_search<S: Sys>(sys: &mut S, argv: &[Bytes], env: &[(Bytes, Bytes)]) -> Errno {
     let Some(program) = argv.first() else {
         return Errno::ENOENT;
     };
@@ -540,7 +483,7 @@ fn exec_search(argv: &[Bytes], env: &[(Bytes, Bytes)]) -> Errno {
         let Ok(path) = to_cstring(&program.0) else {
             return Errno::EINVAL;
         };
-        return nix::unistd::execve(&path, &args, &envp).unwrap_err();
+        return sys.exec(&path, &args, &envp);
     }
     let path_var = env
         .iter()
@@ -553,7 +496,7 @@ fn exec_search(argv: &[Bytes], env: &[(Bytes, Bytes)]) -> Errno {
         let Ok(candidate) = to_cstring(&[dir, b"/", program.0.as_slice()].concat()) else {
             continue;
         };
-        match nix::unistd::execve(&candidate, &args, &envp).unwrap_err() {
+        match sys.exec(&candidate, &args, &envp) {
             Errno::ENOENT | Errno::ENOTDIR => {}
             other => best = other,
         }
@@ -709,3 +652,6 @@ impl ScratchFs {
         bind_read_only(&source, target).context(what)
     }
 }
+
+#[cfg(test)]
+mod tests;

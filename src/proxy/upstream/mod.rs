@@ -1135,39 +1135,4 @@ async fn sweep_forever() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnecting_pauses_double_up_to_a_ceiling_and_stop_after_a_while() {
-        let mut reconnect = Reconnect::default();
-        let pauses: Vec<Duration> = (0..7).map_while(|_| reconnect.pause()).collect();
-        assert_eq!(
-            pauses,
-            [25, 50, 100, 200, 400, 500, 500].map(Duration::from_millis)
-        );
-        reconnect.first_failure = Some(Instant::now() - RECONNECT_FOR);
-        assert_eq!(reconnect.pause(), None);
-    }
-
-    #[test]
-    fn a_response_that_ends_its_connection_is_told_apart() {
-        let response = |version: Version, connection: Option<&str>| {
-            let mut builder = Response::builder().version(version);
-            if let Some(value) = connection {
-                builder = builder.header(header::CONNECTION, value);
-            }
-            builder.body(()).unwrap()
-        };
-        let closes = |r: Response<()>| closes_after(&r);
-        assert!(!closes(response(Version::HTTP_11, None)));
-        assert!(closes(response(Version::HTTP_11, Some("close"))));
-        assert!(closes(response(
-            Version::HTTP_11,
-            Some("Keep-Alive, Close")
-        )));
-        assert!(!closes(response(Version::HTTP_11, Some("keep-alive"))));
-        assert!(closes(response(Version::HTTP_10, None)));
-        assert!(!closes(response(Version::HTTP_10, Some("keep-alive"))));
-    }
-}
+mod tests;
