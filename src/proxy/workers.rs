@@ -5,7 +5,7 @@
 //! between the client's task, the upstream connection's task and idle workers cost more CPU than the
 //! proxying itself.
 //!
-//! The exception is an HTTP/1.1 connection that starts moving bulk data (`http_proxy`): it claims a
+//! The exception is an HTTP/1.1 connection that starts moving bulk data (`intercept`): it claims a
 //! `BulkSlot` on the worker with the fewest such connections, any of them, and if that is another, moves
 //! there between two responses, its socket (`MovableStream`) and TLS state with it.
 //!

@@ -13,7 +13,7 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 
-use crate::proxy::upstream::{BoxError, ProxyBody};
+use crate::proxy::upstream::body::{BoxError, ProxyBody};
 
 /// The most of a request body kept for sending it again. A larger body that has begun to go out cannot
 /// be sent again: its start is gone.

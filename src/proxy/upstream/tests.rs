@@ -1,3 +1,11 @@
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+use super::body::ProxyBody;
+use super::connect::Connection;
+use super::pool::{Checkout, Lease, PoolKey, Protocols, POOLS};
+use super::retry::{closes_after, Reconnect, Reuse, RECONNECT_FOR};
+use super::streams::Http2Sender;
 use super::*;
 
 #[test]
