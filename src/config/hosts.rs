@@ -48,7 +48,6 @@ impl HostPattern {
         })
     }
 
-    /// Case-insensitive; one trailing dot on `host` is ignored.
     /// Whether some name matches both patterns.
     pub(super) fn overlaps(&self, other: &HostPattern) -> bool {
         match (self, other) {
@@ -62,6 +61,7 @@ impl HostPattern {
         }
     }
 
+    /// Case-insensitive; one trailing dot on `host` is ignored.
     pub fn matches(&self, host: &str) -> bool {
         let host = host.strip_suffix('.').unwrap_or(host);
         match self {
