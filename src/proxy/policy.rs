@@ -11,6 +11,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Integration, MissingSecret, Secrets};
 
+/// AWS Signature Version 4: for an AWS integration, the signature is what is injected.
+pub mod sigv4;
+
 /// The most a request's header list may hold, as HTTP/2 counts it (name, value and 32 per field); also the
 /// most an HTTP/2 header block may take as sent (HEADERS and its CONTINUATIONs).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
