@@ -21,7 +21,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
     bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
@@ -40,6 +39,7 @@ use nix::sys::socket::{
 };
 use nix::sys::time::{TimeVal, TimeValLike};
 use nix::unistd::Pid;
+use sandbox::kernel::netns::run_in;
 use serde_json::Value;
 
 /// The binary under test. THE one line to change when these tests move into the main crate:
@@ -457,17 +457,12 @@ pub fn caller_command(
 // ---------------------------------------------------------------------------------------------------
 // Network namespaces and sockets inside them
 
-/// Runs `f` on a fresh thread that entered netns `ns`. Sockets created there stay in that netns for
-/// their whole life, whichever thread uses them later.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on a thread that entered netns `ns` (one of `ip netns`), as the daemon does in a sandbox's:
+/// sockets created there stay in that netns for their whole life, whichever thread uses them later.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     let path = Path::new("/var/run/netns").join(ns);
-    thread::spawn(move || {
-        let fd = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    let netns = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    run_in(netns.as_fd(), f).unwrap_or_else(|e| panic!("enter netns {ns}: {e}"))
 }
 
 fn bound_socket(addr: SocketAddr, ty: SockType) -> OwnedFd {
