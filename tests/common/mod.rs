@@ -20,7 +20,7 @@ pub mod upstream_processes;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA};
+use hickory_proto::rr::{RData, Record, RecordType};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
     bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
@@ -626,109 +629,56 @@ fn serve_echo(mut s: TcpStream) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// DNS (just enough for glibc's stub resolver)
+// DNS (hickory-proto: the daemon's DNS relay is checked against a codec it does not share)
 
 pub const DNS_NAME: &str = "upstream.test";
-const QTYPE_A: u16 = 1;
-const QTYPE_AAAA: u16 = 28;
 
 /// Names the test resolver knows, with their A and AAAA answers.
 pub type DnsNames = Arc<Mutex<Vec<(String, Ipv4Addr, Ipv6Addr)>>>;
 
-/// Answers A/AAAA for the names in `names`, NODATA for their other types, NXDOMAIN for the rest.
-fn dns_answer(q: &[u8], names: &DnsNames) -> Option<(String, Vec<u8>)> {
-    if q.len() < 12 || q[2] & 0x80 != 0 || u16::from_be_bytes([q[4], q[5]]) != 1 {
+/// The response to `query` and its question as "name TYPE" (the name in lower case, the type as a
+/// number). None, and so no response at all, for what a stub resolver never sends: a message that does
+/// not parse, a response, or a query with other than one question.
+fn dns_answer(query: &[u8], names: &DnsNames) -> Option<(String, Vec<u8>)> {
+    let query = Message::from_vec(query).ok()?;
+    let [question] = query.queries.as_slice() else {
+        return None;
+    };
+    if query.metadata.message_type != MessageType::Query {
         return None;
     }
-    let mut i = 12;
-    let mut labels = Vec::new();
-    loop {
-        let len = usize::from(*q.get(i)?);
-        i += 1;
-        if len == 0 {
-            break;
-        }
-        if len > 63 {
-            return None;
-        }
-        labels.push(String::from_utf8_lossy(q.get(i..i + len)?).to_ascii_lowercase());
-        i += len;
-    }
-    let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    i += 4;
-    let question = q.get(12..i)?;
-    let name = labels.join(".");
-    let entry = names
+    let name = question
+        .name()
+        .iter()
+        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".");
+    let addresses = names
         .lock()
         .unwrap()
         .iter()
-        .find(|(n, _, _)| *n == name)
+        .find(|(known, _, _)| *known == name)
         .map(|&(_, v4, v6)| (v4, v6));
-    let known = entry.is_some();
-    let rdata = match (entry, qtype) {
-        (Some((v4, _)), QTYPE_A) => Some(v4.octets().to_vec()),
-        (Some((_, v6)), QTYPE_AAAA) => Some(v6.octets().to_vec()),
+    let mut response = Message::response(query.metadata.id, OpCode::Query);
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.metadata.response_code = match addresses {
+        Some(_) => ResponseCode::NoError,
+        None => ResponseCode::NXDomain,
+    };
+    response.add_query(question.clone());
+    let rdata = match (addresses, question.query_type()) {
+        (Some((v4, _)), RecordType::A) => Some(RData::A(A(v4))),
+        (Some((_, v6)), RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
         _ => None,
     };
-    let mut r = Vec::with_capacity(64);
-    r.extend_from_slice(&q[0..2]);
-    r.push(0x84 | (q[2] & 0x01)); // QR, AA, the query's RD
-    r.push(0x80 | if known { 0 } else { 3 }); // RA, NOERROR or NXDOMAIN
-    r.extend_from_slice(&1u16.to_be_bytes());
-    r.extend_from_slice(&u16::from(rdata.is_some()).to_be_bytes());
-    r.extend_from_slice(&[0, 0, 0, 0]);
-    r.extend_from_slice(question);
-    if let Some(d) = rdata {
-        r.extend_from_slice(&[0xc0, 0x0c]); // the name at offset 12
-        r.extend_from_slice(&qtype.to_be_bytes());
-        r.extend_from_slice(&1u16.to_be_bytes());
-        r.extend_from_slice(&60u32.to_be_bytes());
-        r.extend_from_slice(&(d.len() as u16).to_be_bytes());
-        r.extend_from_slice(&d);
+    if let Some(rdata) = rdata {
+        response.add_answer(Record::from_rdata(question.name().clone(), 60, rdata));
     }
-    Some((format!("{name} {qtype}"), r))
+    let asked = format!("{name} {}", u16::from(question.query_type()));
+    Some((asked, response.to_vec().expect("encode a DNS response")))
 }
-
-/// A DNS query (id 0x5ba0, RD) for `name`/`qtype`.
-pub fn dns_query(name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = vec![0x5b, 0xa0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.split('.') {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes());
-    q
-}
-
-/// (rcode, addresses) of a response to [`dns_query`].
-pub fn dns_parse_response(r: &[u8]) -> (u8, Vec<IpAddr>) {
-    assert!(r.len() >= 12 && r[0..2] == [0x5b, 0xa0] && r[2] & 0x80 != 0);
-    let rcode = r[3] & 0x0f;
-    let ancount = u16::from_be_bytes([r[6], r[7]]);
-    let mut i = 12;
-    while r[i] != 0 {
-        i += 1 + usize::from(r[i]);
-    }
-    i += 5;
-    let mut addrs = Vec::new();
-    for _ in 0..ancount {
-        assert_eq!(r[i] & 0xc0, 0xc0, "answer names are compressed pointers");
-        let rdlen = usize::from(u16::from_be_bytes([r[i + 10], r[i + 11]]));
-        let d = &r[i + 12..i + 12 + rdlen];
-        match rdlen {
-            4 => addrs.push(IpAddr::from(<[u8; 4]>::try_from(d).unwrap())),
-            16 => addrs.push(IpAddr::from(<[u8; 16]>::try_from(d).unwrap())),
-            _ => {}
-        }
-        i += 12 + rdlen;
-    }
-    (rcode, addrs)
-}
-
-pub const DNS_TYPE_A: u16 = QTYPE_A;
-pub const DNS_TYPE_AAAA: u16 = QTYPE_AAAA;
 
 // ---------------------------------------------------------------------------------------------------
 // TestNet
@@ -866,9 +816,9 @@ impl TestNet {
             let (seen, names) = (seen.clone(), dns_names.clone());
             servers.udp(s, move |sock, data, peer| {
                 seen.dns_raw.lock().unwrap().push(data.to_vec());
-                if let Some((question, answer)) = dns_answer(data, &names) {
+                if let Some((question, response)) = dns_answer(data, &names) {
                     seen.dns.lock().unwrap().push(question);
-                    let _ = sock.send_to(&answer, peer);
+                    let _ = sock.send_to(&response, peer);
                 }
             });
         }
