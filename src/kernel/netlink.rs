@@ -7,7 +7,7 @@
 //! worker ever changes namespace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use futures::future::try_join_all;
 use futures::TryStreamExt;
@@ -18,9 +18,10 @@ use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
 use nix::errno::Errno;
-use nix::sched::{setns, CloneFlags};
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use crate::kernel::netns;
 
 /// The name of the veth peer inside every sandbox.
 const SANDBOX_IFNAME: &str = "eth0";
@@ -220,33 +221,27 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// Opens a socket in the network namespace `netns` refers to. A dedicated thread enters the
-    /// namespace and opens the socket, which stays bound to that namespace; the thread never
-    /// switches back, it just ends.
+    /// Opens a socket in the network namespace `netns` refers to: [`netns::run_in`] opens it on a
+    /// thread that entered the namespace, and the socket stays bound to that namespace. `run_in` waits
+    /// for its thread, so a blocking thread waits, not this task's worker: the socket is opened while
+    /// other futures (the veth's creation) go on.
     pub async fn connect_in(netns: BorrowedFd<'_>) -> Result<Self, NetlinkError> {
         let netns = netns
             .try_clone_to_owned()
             .map_err(NetlinkError::ConnectIn)?;
         let runtime = tokio::runtime::Handle::current();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("netns-netlink".into())
-            .spawn(move || {
-                let opened = setns(&netns, CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| {
-                        let _runtime = runtime.enter();
-                        rtnetlink::new_connection()
-                    })
-                    .map(|(connection, handle, _)| (connection, handle));
-                // The receiver is only gone when the caller was cancelled.
-                let _ = tx.send(opened);
+        let (connection, handle, _) = tokio::task::spawn_blocking(move || {
+            netns::run_in(netns.as_fd(), || {
+                // The socket registers with this runtime's reactor.
+                let _runtime = runtime.enter();
+                rtnetlink::new_connection()
             })
-            .map_err(NetlinkError::ConnectIn)?;
-        let (connection, handle) = rx
-            .await
-            .map_err(|_| NetlinkError::ConnectIn(std::io::Error::other("its thread died")))?
-            .map_err(NetlinkError::ConnectIn)?;
+        })
+        .await
+        .map_err(|died| NetlinkError::ConnectIn(died.into()))?
+        // Entering the namespace failed, or opening the socket there did.
+        .and_then(|opened| opened)
+        .map_err(NetlinkError::ConnectIn)?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
@@ -637,7 +632,7 @@ mod tests {
     use netlink_packet_route::route::{RouteAddress, RouteHeader};
 
     use super::*;
-    use crate::testutil::{in_netns, in_new_netns, new_netns, root_or_skip};
+    use crate::testutil::{in_new_netns, new_netns, root_or_skip};
 
     const MARK: u32 = 0x5ba;
     const TABLE: u32 = 0x5ba;
@@ -760,13 +755,14 @@ mod tests {
         listener: &TcpListener,
     ) -> (Duration, SocketAddr) {
         let to = listener.local_addr().unwrap();
-        let took = in_netns(sandbox, || {
+        let took = netns::run_in(sandbox, || {
             let start = Instant::now();
             let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
             let took = start.elapsed();
             stream.write_all(b"x").unwrap();
             took
-        });
+        })
+        .unwrap();
         let (mut accepted, peer) = listener.accept().unwrap();
         let mut byte = [0];
         accepted.read_exact(&mut byte).unwrap();
