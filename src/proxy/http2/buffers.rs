@@ -1,6 +1,6 @@
 //! The bytes on their way in and out: `InBuf` holds what was read and is not parsed yet (whole frames are cut
 //! from it), `OutBuf` what is to be written; the polled reads and writes that fill and drain them, and the
-//! worker's read buffer that its connections share. Bytes only: what the frames mean is `core`'s.
+//! worker's read buffer that its connections share. Bytes only: what the frames mean is `machine`'s.
 
 use std::cell::Cell;
 use std::io;

@@ -1,7 +1,7 @@
 //! The frame codec (RFC 9113 sections 4 and 6), the same for both peers: the protocol's numbers (frame
 //! types, flags, settings, error codes), a frame's `Head`, the writers of the frames the relay makes itself,
 //! the checks of a frame's own shape, and the joining of a header block's frames (HEADERS, CONTINUATION).
-//! Nothing here knows which peer a frame came from or what the relay does with it (`core`); a frame that
+//! Nothing here knows which peer a frame came from or what the relay does with it (`machine`); a frame that
 //! breaks the rules is a `Fatal` error, which ends the connection with GOAWAY.
 
 use std::borrow::Cow;
@@ -179,7 +179,7 @@ pub(super) fn check_frame(
         PING => payload.len() == 8,
         GOAWAY => payload.len() >= 8,
         SETTINGS if head.flags & ACK != 0 => payload.is_empty(),
-        SETTINGS => payload.len() % 6 == 0,
+        SETTINGS => payload.len().is_multiple_of(6),
         _ => true,
     };
     if !size_ok {
@@ -246,7 +246,7 @@ pub(super) fn join_block<'p>(
 ) -> Result<Option<WholeBlock<'p>>, Fatal> {
     if head.kind == HEADERS {
         // Streams are only ever opened by the client (no push): odd numbers.
-        if head.stream % 2 == 0 {
+        if head.stream.is_multiple_of(2) {
             return Err(Fatal::new(PROTOCOL_ERROR, "HEADERS on an even stream"));
         }
         let fragment = unpadded(head, payload)?;

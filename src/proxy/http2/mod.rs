@@ -27,22 +27,22 @@
 //! - `upstream`: `handshake` opens HTTP/2 on the upstream connection before any client is relayed over
 //!   it, and `Upstream::poll_idle` keeps it in order while it waits for one (the pool's spare).
 //! - `relay`: `relay()` below runs a `Relay`, the I/O driver. It reads either peer's bytes into `buffers`
-//!   (`InBuf`), hands the whole frames to `core`, writes out what `core` left for each peer (`OutBuf`),
+//!   (`InBuf`), hands the whole frames to `machine`, writes out what `machine` left for each peer (`OutBuf`),
 //!   keeps the timer, and closes both connections at the end.
 //! - `frame`: the codec the same for both peers: a frame's `Head`, the protocol's numbers, the checks of a
 //!   frame's shape, the joining of a header block's frames, the frames the relay writes itself.
-//! - `core`: the state machine, without I/O: what becomes of each frame (passed on, rewritten, answered by
+//! - `machine`: the state machine, without I/O: what becomes of each frame (passed on, rewritten, answered by
 //!   the relay), the requests in flight (`Exchange`), settings, flow control credit, GOAWAY, deadlines.
 //! - `request_head`: a request's header block as `hpack` decoded it, checked field by field, and encoded
-//!   again for the upstream; `core` adds the integration's headers (`scope`: `Scope`, `Injected`).
+//!   again for the upstream; `machine` adds the integration's headers (`scope`: `Scope`, `Injected`).
 //!
 //! Each file uses only files before it in this order: `frame`, `buffers`, `hpack`, `scope`,
-//! `request_head`, `upstream`, `core`, `relay`, and this one last.
+//! `request_head`, `upstream`, `machine`, `relay`, and this one last.
 
 mod buffers;
-mod core;
 mod frame;
 pub mod hpack;
+mod machine;
 mod relay;
 mod request_head;
 mod scope;

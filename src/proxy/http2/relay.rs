@@ -14,7 +14,7 @@ use tokio::time::{Instant as Clock, Sleep};
 use zeroize::Zeroize;
 
 use super::buffers::{poll_read_frames, poll_write_all, InBuf, OutBuf};
-use super::core::{Core, End, HEADER_TIMEOUT, SHRINK_AFTER};
+use super::machine::{Core, End, HEADER_TIMEOUT, SHRINK_AFTER};
 use super::scope::Scope;
 use super::upstream::Upstream;
 

@@ -2,7 +2,7 @@
 //! one, checks each as RFC 9113 section 8 asks (names, values, pseudo-headers, connection-specific fields)
 //! and keeps them in one buffer that every request reuses; `check` and `check_trailers` say whether the whole
 //! is well-formed. It also encodes the head again for the upstream, the client's fields but those the
-//! integration replaces (the integration's own are `core`'s to add).
+//! integration replaces (the integration's own are `machine`'s to add).
 
 use std::ops::Range;
 

@@ -10,11 +10,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use zeroize::Zeroizing;
 
 use super::buffers::{InBuf, READ_CHUNK};
-use super::core::TABLE_SIZE;
 use super::frame::{
     write_frame, write_settings, write_window_update, Head, END_HEADERS, GOAWAY, HEADERS, HEAD_LEN,
     PREFACE,
 };
+use super::machine::TABLE_SIZE;
 use super::{handshake, hpack, relay, Injected, Scope};
 use crate::audit::{Kind, PolledLog, Record, Verdict};
 
