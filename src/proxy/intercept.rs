@@ -1004,14 +1004,27 @@ struct Metered<B> {
     on_end: Option<OnEnd>,
 }
 
-impl<B> Metered<B> {
-    fn new(inner: B, bytes: Arc<AtomicU64>, on_end: Option<OnEnd>) -> Self {
+impl<B: Body> Metered<B> {
+    fn new(inner: B, bytes: Arc<AtomicU64>, mut on_end: Option<OnEnd>) -> Self {
+        // hyper never polls a body that is over before it begins (an empty response, a HEAD's): it
+        // ends here, rather than as one dropped unread.
+        if is_over(&inner) {
+            if let Some(on_end) = on_end.take() {
+                on_end(None);
+            }
+        }
         Metered {
             inner,
             bytes,
             on_end,
         }
     }
+}
+
+/// Whether nothing more of `body` will be read: it says it ended, or its declared length is reached
+/// (hyper stops polling there, while an HTTP/2 upstream may send its END_STREAM in a frame of its own).
+fn is_over(body: &impl Body) -> bool {
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
 }
 
 impl<B> Body for Metered<B>
@@ -1034,8 +1047,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                // hyper stops polling a body whose length it knows is reached.
-                if self.inner.is_end_stream() {
+                if is_over(&self.inner) {
                     if let Some(on_end) = self.on_end.take() {
                         on_end(None);
                     }
