@@ -37,6 +37,42 @@ fn aws_exec(d: &Daemon, script: &str) -> std::process::Output {
         .run()
 }
 
+/// The AWS test servers in U (S3 on `.21`, Bedrock on `.22`) and a daemon whose integration `aws` signs
+/// for them; `test` runs with them, then the daemon is checked to have kept the secrets and stopped.
+fn with_aws(test: impl FnOnce(&Daemon, &Aws, &AwsServer, &AwsServer)) {
+    let net = TestNet::new();
+    let aws = Aws::new();
+    let s3 = AwsServer::s3(&net, &aws, 21);
+    let bedrock = AwsServer::bedrock(&net, &aws, 22);
+    let d = aws.configure(net.daemon()).start();
+    test(&d, &aws, &s3, &bedrock);
+    assert_daemon_kept_the_secrets(&d, &aws);
+    d.finish();
+}
+
+/// What a shell script of `echo "--- NAME"; command` steps printed (stdout, then stderr), once it ran
+/// to its `--- end` and exited 0.
+struct Script(String);
+
+impl Script {
+    fn run(d: &Daemon, script: &str) -> Script {
+        let o = aws_exec(d, script);
+        let all = format!("{}\n{}", stdout(&o), stderr(&o));
+        assert_code(&o, 0);
+        assert!(all.contains("--- end"), "{}", describe(&o));
+        Script(all)
+    }
+
+    /// What the step NAME printed.
+    fn section(&self, name: &str) -> &str {
+        self.0
+            .split(&format!("--- {name}\n"))
+            .nth(1)
+            .and_then(|rest| rest.split("\n--- ").next())
+            .unwrap_or_default()
+    }
+}
+
 /// Every request `server` received was verified, signed with the real key (never the dummy one).
 fn assert_all_verified(server: &AwsServer, what: &str) -> Vec<Value> {
     let log = server.log();
@@ -91,13 +127,9 @@ fn the_aws_cli_works_unmodified_with_dummy_credentials() {
     if skip_unless_privileged_with(&["aws", CURRENT_AWS]) {
         return;
     }
-    let net = TestNet::new();
-    let aws = Aws::new();
-    let s3 = AwsServer::s3(&net, &aws, 21);
-    let bedrock = AwsServer::bedrock(&net, &aws, 22);
-    let d = aws.configure(net.daemon()).start();
-    let script = format!(
-        r#"set -e
+    with_aws(|d, aws, s3, bedrock| {
+        let script = format!(
+            r#"set -e
 echo "--- env"; env
 echo "--- self environ"; tr '\0' '\n' < /proc/self/environ
 echo "--- daemon environ"; tr '\0' '\n' < /proc/{daemon_pid}/environ 2>&1 || true
@@ -115,75 +147,64 @@ echo "--- list-objects-v2"; aws s3api list-objects-v2 --bucket {BUCKET} --prefix
 echo "--- invoke-model"; {CURRENT_AWS} bedrock-runtime invoke-model --model-id anthropic.claude-v2:1 --content-type application/json --body '{{"prompt": "héllo & <bye>?", "max_tokens": 5}}' out.json; cat out.json; echo
 echo "--- end"
 "#,
-        daemon_pid = d.pid(),
-        config = d.config.display(),
-        secret_file = aws.secret_file.display(),
-    );
-    let o = aws_exec(&d, &script);
-    let all = format!("{}\n{}", stdout(&o), stderr(&o));
-    assert_code(&o, 0);
-    assert!(all.contains("--- end"), "{}", describe(&o));
-    assert_no_secret(&aws, "the sandbox", &all);
-    let section = |name: &str| {
-        all.split(&format!("--- {name}\n"))
-            .nth(1)
-            .and_then(|rest| rest.split("\n--- ").next())
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert!(section("ls").contains("PRE dir with space/"), "{all}");
-    assert!(section("ls").contains("20971520 big"), "{all}");
-    assert!(
-        section("ls prefix").contains("20971520 trailer+ü=1.bin"),
-        "{all}"
-    );
-    assert_eq!(
-        section("list-objects-v2").trim(),
-        "dir with space/trailer+ü=1.bin"
-    );
-    let invoked: Value = serde_json::from_str(section("invoke-model").lines().last().unwrap())
-        .unwrap_or_else(|e| panic!("invoke-model answer: {e}\n{all}"));
-    assert_eq!(invoked["model"], "anthropic.claude-v2:1");
-    assert_eq!(invoked["input"]["prompt"], "héllo & <bye>?");
-    assert_eq!(invoked["output"], "ok");
+            daemon_pid = d.pid(),
+            config = d.config.display(),
+            secret_file = aws.secret_file.display(),
+        );
+        let out = Script::run(d, &script);
+        let all = &out.0;
+        assert_no_secret(aws, "the sandbox", all);
+        let section = |name| out.section(name);
+        assert!(section("ls").contains("PRE dir with space/"), "{all}");
+        assert!(section("ls").contains("20971520 big"), "{all}");
+        assert!(
+            section("ls prefix").contains("20971520 trailer+ü=1.bin"),
+            "{all}"
+        );
+        assert_eq!(
+            section("list-objects-v2").trim(),
+            "dir with space/trailer+ü=1.bin"
+        );
+        let invoked: Value = serde_json::from_str(section("invoke-model").lines().last().unwrap())
+            .unwrap_or_else(|e| panic!("invoke-model answer: {e}\n{all}"));
+        assert_eq!(invoked["model"], "anthropic.claude-v2:1");
+        assert_eq!(invoked["input"]["prompt"], "héllo & <bye>?");
+        assert_eq!(invoked["output"], "ok");
 
-    let s3_log = assert_all_verified(&s3, "S3");
-    let uploads = |content_sha256: &str| {
-        s3_log
-            .iter()
-            .filter(|l| l["method"] == "PUT" && l["content_sha256"] == content_sha256)
-            .map(|l| l["body"].as_u64().unwrap())
-            .sum::<u64>()
-    };
-    assert_eq!(
-        uploads("UNSIGNED-PAYLOAD"),
-        20 << 20,
-        "Debian's CLI uploads with UNSIGNED-PAYLOAD"
-    );
-    assert_eq!(
-        uploads("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
-        20 << 20,
-        "the current CLI uploads with a trailing checksum"
-    );
-    assert!(
-        s3_log
-            .iter()
-            .any(|l| l["method"] == "GET"
+        let s3_log = assert_all_verified(s3, "S3");
+        let uploads = |content_sha256: &str| {
+            s3_log
+                .iter()
+                .filter(|l| l["method"] == "PUT" && l["content_sha256"] == content_sha256)
+                .map(|l| l["body"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        assert_eq!(
+            uploads("UNSIGNED-PAYLOAD"),
+            20 << 20,
+            "Debian's CLI uploads with UNSIGNED-PAYLOAD"
+        );
+        assert_eq!(
+            uploads("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            20 << 20,
+            "the current CLI uploads with a trailing checksum"
+        );
+        assert!(
+            s3_log.iter().any(|l| l["method"] == "GET"
                 && l["query"].as_str().unwrap().contains("dir%20with%20space")),
-        "a listing with a prefix that needs encoding: {s3_log:#?}"
-    );
-    let bedrock_log = assert_all_verified(&bedrock, "Bedrock");
-    assert_eq!(bedrock_log.len(), 1, "{bedrock_log:#?}");
-    assert_eq!(bedrock_log[0]["method"], "POST");
-    assert_eq!(bedrock_log[0]["service"], "bedrock");
+            "a listing with a prefix that needs encoding: {s3_log:#?}"
+        );
+        let bedrock_log = assert_all_verified(bedrock, "Bedrock");
+        assert_eq!(bedrock_log.len(), 1, "{bedrock_log:#?}");
+        assert_eq!(bedrock_log[0]["method"], "POST");
+        assert_eq!(bedrock_log[0]["service"], "bedrock");
 
-    let requests = audited(&d, s3_log.len() + bedrock_log.len());
-    assert!(
-        requests.iter().all(|l| l["verdict"] == "injected"),
-        "{requests:#?}"
-    );
-    assert_daemon_kept_the_secrets(&d, &aws);
-    d.finish();
+        let requests = audited(d, s3_log.len() + bedrock_log.len());
+        assert!(
+            requests.iter().all(|l| l["verdict"] == "injected"),
+            "{requests:#?}"
+        );
+    });
 }
 
 /// What cannot be signed is answered by the daemon with what to do, and reaches no server: a presigned
@@ -196,13 +217,9 @@ fn what_cannot_be_signed_is_refused_and_reaches_no_server() {
     if skip_unless_privileged_with(&["aws"]) {
         return;
     }
-    let net = TestNet::new();
-    let aws = Aws::new();
-    let s3 = AwsServer::s3(&net, &aws, 21);
-    let bedrock = AwsServer::bedrock(&net, &aws, 22);
-    let d = aws.configure(net.daemon()).start();
-    let chunk_signed = format!(
-        r#"
+    with_aws(|d, _, s3, bedrock| {
+        let chunk_signed = format!(
+            r#"
 import http.client, ssl
 connection = http.client.HTTPSConnection("{S3_HOST}", context=ssl.create_default_context())
 body = b"5;chunk-signature=00\r\nhello\r\n0;chunk-signature=00\r\n\r\n"
@@ -215,9 +232,9 @@ connection.request("PUT", "/{BUCKET}/chunked", body=body, headers={{
 answer = connection.getresponse()
 print(answer.status, answer.read().decode())
 "#
-    );
-    let script = format!(
-        r#"set -e
+        );
+        let script = format!(
+            r#"set -e
 w='\n%{{http_code}}\n'
 echo "--- presigned"; curl -sS -w "$w" "$(aws s3 presign s3://{BUCKET}/big)"
 echo "--- chunk-signed"; python3 -c '{chunk_signed}'
@@ -226,48 +243,39 @@ echo "--- large"; curl -sS --http1.1 -w "$w" -H 'content-type: application/json'
 echo "--- other host"; curl -sS -w "$w" -H 'Host: sts.{REGION}.amazonaws.com' https://{S3_HOST}/
 echo "--- end"
 "#
-    );
-    let o = aws_exec(&d, &script);
-    let all = format!("{}\n{}", stdout(&o), stderr(&o));
-    assert_code(&o, 0);
-    assert!(all.contains("--- end"), "{}", describe(&o));
-    let section = |name: &str| {
-        all.split(&format!("--- {name}\n"))
-            .nth(1)
-            .and_then(|rest| rest.split("\n--- ").next())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let presigned = section("presigned");
-    assert!(presigned.trim_end().ends_with("400"), "{all}");
-    assert!(
-        presigned.contains("presigned URL")
-            && presigned.contains("send the request with no signature in its URL"),
-        "{all}"
-    );
-    let chunked = section("chunk-signed");
-    assert!(chunked.starts_with("400 "), "{all}");
-    assert!(
-        chunked.contains("chunk-signed upload")
-            && chunked.contains("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
-        "{all}"
-    );
-    let large = section("large");
-    assert!(large.trim_end().ends_with("413"), "{all}");
-    assert!(large.contains("x-amz-content-sha256"), "{all}");
-    let other = section("other host");
-    assert!(other.trim_end().ends_with("421"), "{all}");
-    assert!(s3.log().is_empty(), "{:#?}", s3.log());
-    assert!(bedrock.log().is_empty(), "{:#?}", bedrock.log());
-    let requests = audited(&d, 4);
-    let statuses: Vec<&Value> = requests.iter().map(|l| &l["status"]).collect();
-    assert_eq!(statuses, [400, 400, 413, 421], "{requests:#?}");
-    assert!(
-        requests.iter().all(|l| l["verdict"] == "denied"),
-        "{requests:#?}"
-    );
-    assert_daemon_kept_the_secrets(&d, &aws);
-    d.finish();
+        );
+        let out = Script::run(d, &script);
+        let all = &out.0;
+        let section = |name| out.section(name);
+        let presigned = section("presigned");
+        assert!(presigned.trim_end().ends_with("400"), "{all}");
+        assert!(
+            presigned.contains("presigned URL")
+                && presigned.contains("send the request with no signature in its URL"),
+            "{all}"
+        );
+        let chunked = section("chunk-signed");
+        assert!(chunked.starts_with("400 "), "{all}");
+        assert!(
+            chunked.contains("chunk-signed upload")
+                && chunked.contains("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
+            "{all}"
+        );
+        let large = section("large");
+        assert!(large.trim_end().ends_with("413"), "{all}");
+        assert!(large.contains("x-amz-content-sha256"), "{all}");
+        let other = section("other host");
+        assert!(other.trim_end().ends_with("421"), "{all}");
+        assert!(s3.log().is_empty(), "{:#?}", s3.log());
+        assert!(bedrock.log().is_empty(), "{:#?}", bedrock.log());
+        let requests = audited(d, 4);
+        let statuses: Vec<&Value> = requests.iter().map(|l| &l["status"]).collect();
+        assert_eq!(statuses, [400, 400, 413, 421], "{requests:#?}");
+        assert!(
+            requests.iter().all(|l| l["verdict"] == "denied"),
+            "{requests:#?}"
+        );
+    });
 }
 
 /// HTTP/2 clients are signed too: curl --http2 with a JSON body to the Bedrock endpoint (which offers h2:
@@ -279,13 +287,9 @@ fn http2_clients_are_signed_too() {
     if skip_unless_privileged() {
         return;
     }
-    let net = TestNet::new();
-    let aws = Aws::new();
-    let s3 = AwsServer::s3(&net, &aws, 21);
-    let bedrock = AwsServer::bedrock(&net, &aws, 22);
-    let d = aws.configure(net.daemon()).start();
-    let script = format!(
-        r#"set -e
+    with_aws(|d, _, s3, bedrock| {
+        let script = format!(
+            r#"set -e
 w='\n%{{http_code}} %{{http_version}}\n'
 echo "--- unsigned"; curl -sS --http2 -w "$w" -H 'content-type: application/json' --data-binary '{{"prompt": "h2"}}' https://{BEDROCK_HOST}/model/m/invoke
 echo "--- dummy"; curl -sS --http2 -w "$w" --aws-sigv4 aws:amz:{REGION}:bedrock --user sandbox:sandbox -H 'content-type: application/json' --data-binary '{{"prompt": "h2 signed"}}' https://{BEDROCK_HOST}/model/m/invoke
@@ -293,40 +297,34 @@ echo "--- s3 put"; head -c 100000 /dev/urandom > small; curl -sS --http2 -w "$w"
 echo "--- s3 get"; curl -sS --http2 -o small.down -w "$w" https://{S3_HOST}/{BUCKET}/h2-object; cmp small small.down
 echo "--- end"
 "#
-    );
-    let o = aws_exec(&d, &script);
-    let all = format!("{}\n{}", stdout(&o), stderr(&o));
-    assert_code(&o, 0);
-    assert!(all.contains("--- end"), "{}", describe(&o));
-    for (name, prompt) in [("unsigned", "h2"), ("dummy", "h2 signed")] {
-        let section = all
-            .split(&format!("--- {name}\n"))
-            .nth(1)
-            .unwrap_or_default();
-        assert!(
-            section.contains(&format!("\"prompt\": \"{prompt}\"")),
-            "{all}"
         );
-        assert!(section.contains("\n200 2\n"), "{all}");
-    }
-    // Neither prints a body: an empty one, one written to a file.
-    assert!(all.contains("--- s3 put\n\n200 2\n"), "{all}");
-    assert!(all.contains("--- s3 get\n\n200 2\n"), "{all}");
-    let bedrock_log = assert_all_verified(&bedrock, "Bedrock");
-    assert_eq!(bedrock_log.len(), 2, "{bedrock_log:#?}");
-    assert!(
-        bedrock_log.iter().all(|l| l["protocol"] == "HTTP/2"),
-        "{bedrock_log:#?}"
-    );
-    let s3_log = assert_all_verified(&s3, "S3");
-    let put = &s3_log[0];
-    assert_eq!(put["method"], "PUT");
-    assert_eq!(put["body"], 100_000);
-    let hash = put["content_sha256"].as_str().unwrap();
-    assert!(
-        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{put:#}"
-    );
-    assert_daemon_kept_the_secrets(&d, &aws);
-    d.finish();
+        let out = Script::run(d, &script);
+        let all = &out.0;
+        for (name, prompt) in [("unsigned", "h2"), ("dummy", "h2 signed")] {
+            let section = out.section(name);
+            assert!(
+                section.contains(&format!("\"prompt\": \"{prompt}\"")),
+                "{all}"
+            );
+            assert!(section.ends_with("}\n200 2"), "{all}");
+        }
+        // Neither prints a body: an empty one, one written to a file.
+        assert_eq!(out.section("s3 put"), "\n200 2", "{all}");
+        assert_eq!(out.section("s3 get"), "\n200 2", "{all}");
+        let bedrock_log = assert_all_verified(bedrock, "Bedrock");
+        assert_eq!(bedrock_log.len(), 2, "{bedrock_log:#?}");
+        assert!(
+            bedrock_log.iter().all(|l| l["protocol"] == "HTTP/2"),
+            "{bedrock_log:#?}"
+        );
+        let s3_log = assert_all_verified(s3, "S3");
+        let put = &s3_log[0];
+        assert_eq!(put["method"], "PUT");
+        assert_eq!(put["body"], 100_000);
+        let hash = put["content_sha256"].as_str().unwrap();
+        assert!(
+            hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{put:#}"
+        );
+    });
 }

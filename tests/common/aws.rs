@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use super::certs::TestCa;
+use super::certs::{ca_dir, TestCa};
 use super::daemon::DaemonBuilder;
 use super::net::TestNet;
 use super::tools::{unique_suffix, TempDir};
@@ -50,10 +50,7 @@ impl Default for Aws {
 
 impl Aws {
     pub fn new() -> Aws {
-        let dir = TempDir::new("aws", 0o755);
-        let ca = TestCa::new("sbx-e2e AWS CA");
-        let ca_pem = dir.join("ca.pem");
-        fs::write(&ca_pem, &ca.pem).unwrap();
+        let (dir, ca, ca_pem) = ca_dir("aws", "sbx-e2e AWS CA");
         let unique = unique_suffix().replace('-', "");
         // What AWS keys look like: base64, with '/' and '+'.
         let secret_access_key = format!("sbxReal/Secret+{unique}");

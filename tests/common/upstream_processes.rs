@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::certs::TestCa;
+use super::certs::{ca_dir, TestCa};
 use super::clients::RUN_TAG_VAR;
 use super::daemon::DaemonBuilder;
 use super::net::{in_netns, TestNet};
@@ -43,10 +43,7 @@ impl Default for Churn {
 
 impl Churn {
     pub fn new() -> Churn {
-        let dir = TempDir::new("churn", 0o755);
-        let ca = TestCa::new("sbx-e2e churn CA");
-        let ca_pem = dir.join("ca.pem");
-        fs::write(&ca_pem, &ca.pem).unwrap();
+        let (dir, ca, ca_pem) = ca_dir("churn", "sbx-e2e churn CA");
         Churn {
             dir,
             ca,

@@ -452,18 +452,14 @@ fn sign_with<'h>(
     let (fields, mut set) = canonical_headers(rules, request, headers, &amz_date, token)?;
     let (canonical, signed_headers) = canonical_request(rules, request, &fields);
     let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
-        hex(digest::digest(&digest::SHA256, &canonical).as_ref())
-    );
-    let key = keys.key(credentials, &date, scope);
-    let signature = hex(hmac_sha256(key.as_ref(), string_to_sign.as_bytes()).as_ref());
-    let authorization = format!(
-        "{ALGORITHM} Credential={}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}",
-        credentials.access_key_id
-    );
-    let authorization =
-        HeaderValue::from_str(&authorization).map_err(|_| Error::BadCredential("access_key_id"))?;
+    let string_to_sign = string_to_sign(&amz_date, &credential_scope, &canonical);
+    let signature = signature(&keys.key(credentials, &date, scope), &string_to_sign);
+    let authorization = authorization(
+        credentials.access_key_id,
+        &credential_scope,
+        &signed_headers,
+        &signature,
+    )?;
     set.insert(0, (http::header::AUTHORIZATION, authorization));
     Ok(Signed {
         headers: set,
@@ -595,6 +591,32 @@ fn canonical_request(
     canonical.push(b'\n');
     canonical.extend_from_slice(request.payload.as_str().as_bytes());
     (canonical, signed_headers)
+}
+
+/// The string to sign: the algorithm, the time, the credential scope and the canonical request's hash.
+fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u8]) -> String {
+    format!(
+        "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
+        hex(sha256(canonical_request).as_ref())
+    )
+}
+
+/// The signature: HMAC-SHA256 of the string to sign under `kSigning`, in hex.
+fn signature(signing_key: &[u8; 32], string_to_sign: &str) -> String {
+    hex(hmac_sha256(signing_key, string_to_sign.as_bytes()).as_ref())
+}
+
+/// The `Authorization` value that carries the signature.
+fn authorization(
+    access_key_id: &str,
+    credential_scope: &str,
+    signed_headers: &str,
+    signature: &str,
+) -> Result<HeaderValue, Error> {
+    let value = format!(
+        "{ALGORITHM} Credential={access_key_id}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}"
+    );
+    HeaderValue::from_str(&value).map_err(|_| Error::BadCredential("access_key_id"))
 }
 
 /// How many signing keys [`SigningKeys`] holds: a few integrations, each over a day boundary.
