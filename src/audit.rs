@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::PollSender;
 
-use crate::lifecycle::Sandbox;
+use crate::sandbox::live::Sandbox;
 
 const QUEUE: usize = 8192;
 /// How long a record may wait for others before they are written together.
@@ -71,6 +71,14 @@ pub struct Record {
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How many times the request went again on another upstream connection (one the upstream closed or
+    /// refused it on without processing it).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Record {
@@ -93,6 +101,7 @@ impl Record {
             duration_ms: 0,
             verdict: Verdict::Passed,
             error: None,
+            retries: 0,
         }
     }
 
@@ -274,6 +283,7 @@ mod tests {
             duration_ms: 0,
             verdict: Verdict::Injected,
             error: None,
+            retries: 0,
         }
     }
 

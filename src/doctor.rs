@@ -10,9 +10,9 @@ use std::path::Path;
 
 use nix::sched::{unshare, CloneFlags};
 
-use crate::daemon::{MARK, ROUTE_TABLE, SOCKET_MARK};
-use crate::netlink::{LinkSpec, LinkSpec6, Netlink};
-use crate::nft::{self, RulesetParams};
+use crate::kernel::marks::{MARK, ROUTE_TABLE, SOCKET_MARK};
+use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
+use crate::kernel::nft::{self, RulesetParams};
 
 struct Check {
     name: &'static str,

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use sandbox::config::DEFAULT_SOCKET;
-use sandbox::{client, daemon, doctor, init};
+use sandbox::control::client;
+use sandbox::sandbox::init;
+use sandbox::{daemon, doctor};
 
 /// glibc's malloc took 8% of the daemon's CPU on small proxied requests, much of it merging freed chunks;
 /// with mimalloc the daemon's CPU per kept-alive HTTP/1.1 request (16 connections) went from 19 to 15.5 us

@@ -134,6 +134,13 @@ pub fn encode<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
+/// Writes one reply to a client of the control socket.
+pub async fn send(stream: &mut tokio::net::UnixStream, reply: &Reply) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let frame = encode(reply).map_err(io::Error::other)?;
+    stream.write_all(&frame).await
+}
+
 pub fn encode_request(request: Request) -> Result<Vec<u8>, FrameError> {
     encode(&Envelope {
         version: PROTOCOL_VERSION,

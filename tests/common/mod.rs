@@ -13,7 +13,9 @@
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod tls_upstream;
+pub mod upstream_processes;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -81,6 +83,18 @@ pub fn ci() -> bool {
 /// With CI=true it fails instead.
 pub fn skip_unless_privileged() -> bool {
     skip_if(missing_requirements(true, true))
+}
+
+/// [`skip_unless_privileged`], and these tools too.
+pub fn skip_unless_privileged_with(tools: &[&str]) -> bool {
+    let mut missing = missing_requirements(true, true);
+    missing.extend(
+        tools
+            .iter()
+            .filter(|t| find_tool(t).is_none())
+            .map(|t| format!("`{t}` not found in {STD_PATH} (scripts/test installs it)")),
+    );
+    skip_if(missing)
 }
 
 /// Like [`skip_unless_privileged`] for tests that need only the binary.
@@ -1776,8 +1790,10 @@ users = ["root"]
 
     /// The audit log's JSON lines (panics on a line that is not JSON).
     pub fn audit_lines(&self) -> Vec<Value> {
-        fs::read_to_string(&self.audit_log)
-            .unwrap_or_default()
+        let text = fs::read_to_string(&self.audit_log).unwrap_or_default();
+        // A line the daemon is writing now is not complete yet.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))

@@ -1,0 +1,151 @@
+//! `[[integration]]`: which hosts get which headers. An integration is checked whole, when the config is
+//! read: its header names, its templates and the secrets they name, so that a request never meets one
+//! that cannot be injected.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::hosts::HostPattern;
+use super::secrets::SecretDef;
+use super::syntax::{ConfigError, Source};
+use super::templates::Template;
+
+/// Headers whose value framing or routing the proxy owns; injecting them would corrupt requests.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Integration {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    /// Header names as written in the config (HTTP header names are case-insensitive).
+    pub headers: BTreeMap<String, Template>,
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub username: Template,
+    pub password: Template,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIntegration {
+    pub(super) name: Spanned<String>,
+    hosts: Spanned<Vec<HostPattern>>,
+    #[serde(default)]
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
+    basic_auth: Option<RawBasicAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBasicAuth {
+    username: Spanned<String>,
+    password: Spanned<String>,
+}
+
+impl RawIntegration {
+    pub(super) fn validate(
+        self,
+        src: &Source,
+        secrets: &BTreeMap<String, SecretDef>,
+    ) -> Result<Integration, ConfigError> {
+        let name_span = self.name.span();
+        let name = self.name.into_inner();
+        if self.hosts.get_ref().is_empty() {
+            return Err(src.at(
+                self.hosts.span(),
+                format!("integration \"{name}\" has no hosts; list at least one, as in hosts = [\"api.example.com\"]"),
+            ));
+        }
+        // In file order, so that a duplicate is reported where it is repeated.
+        let mut raw_headers: Vec<_> = self.headers.into_iter().collect();
+        raw_headers.sort_by_key(|(header, _)| header.span().start);
+        let mut headers: BTreeMap<String, Template> = BTreeMap::new();
+        for (header, value) in raw_headers {
+            let span = header.span();
+            let header = header.into_inner();
+            check_header_name(&header).map_err(|m| src.at(span.clone(), m))?;
+            if headers.keys().any(|h| h.eq_ignore_ascii_case(&header)) {
+                return Err(src.at(
+                    span,
+                    format!("header \"{header}\" is given twice in integration \"{name}\" (header names are case-insensitive)"),
+                ));
+            }
+            if self.basic_auth.is_some() && header.eq_ignore_ascii_case("authorization") {
+                return Err(src.at(
+                    span,
+                    format!("integration \"{name}\" sets header \"{header}\" and basic_auth, which also sets it; keep one"),
+                ));
+            }
+            headers.insert(header, template(src, value, secrets)?);
+        }
+        let basic_auth = match self.basic_auth {
+            Some(auth) => Some(BasicAuth {
+                username: template(src, auth.username, secrets)?,
+                password: template(src, auth.password, secrets)?,
+            }),
+            None if headers.is_empty() => {
+                return Err(src.at(
+                    name_span,
+                    format!("integration \"{name}\" injects nothing; give it headers = {{ ... }} or basic_auth = {{ ... }}"),
+                ))
+            }
+            None => None,
+        };
+        Ok(Integration {
+            name,
+            hosts: self.hosts.into_inner(),
+            headers,
+            basic_auth,
+        })
+    }
+}
+
+/// A template where the config gives it: errors point at its value, and every secret it names is
+/// defined in `[secrets]`.
+fn template(
+    src: &Source,
+    raw: Spanned<String>,
+    secrets: &BTreeMap<String, SecretDef>,
+) -> Result<Template, ConfigError> {
+    let template = Template::parse(raw.get_ref()).map_err(|m| src.at(raw.span(), m))?;
+    if let Some(name) = template.secret_names().find(|n| !secrets.contains_key(*n)) {
+        return Err(src.at(
+            raw.span(),
+            format!("secret \"{name}\" is not defined in [secrets]"),
+        ));
+    }
+    Ok(template)
+}
+
+/// RFC 9110 token characters, minus names the proxy must own.
+fn check_header_name(name: &str) -> Result<(), String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(tchar) {
+        return Err(format!("invalid header name \"{name}\""));
+    }
+    if RESERVED_HEADERS
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+    {
+        return Err(format!("header \"{name}\" cannot be set by an integration"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

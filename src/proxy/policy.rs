@@ -1,0 +1,157 @@
+//! The request policy: what the daemon does with an intercepted request, whichever protocol carried it. The
+//! HTTP/1.1 proxy (and hyper's HTTP/2 server) and the HTTP/2 relay both ask it, so the rule that guards the
+//! secret is written once: may this request carry it (a refusal: 421 when a name it gives is not the TLS
+//! server name, 405 for methods that could reflect it, 400 for h2c or no host, 431 for heads over the
+//! limits), and which headers it gets (the integration's, with the secrets in them). And: may a request go
+//! again when its connection failed (idempotent methods).
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Integration, MissingSecret, Secrets};
+
+/// AWS Signature Version 4: for an AWS integration, the signature is what is injected.
+pub mod sigv4;
+
+/// The most a request's header list may hold, as HTTP/2 counts it (name, value and 32 per field); also the
+/// most an HTTP/2 header block may take as sent (HEADERS and its CONTINUATIONs).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// What the policy reads of a request's head: the same whatever protocol carried it.
+pub struct Head<'a> {
+    pub method: &'a [u8],
+    /// The HTTP/2 :authority, or an absolute-form target's authority.
+    pub authority: Option<&'a [u8]>,
+    /// An extended CONNECT (RFC 8441 :protocol): a tunnel, like CONNECT.
+    pub tunnel: bool,
+    /// Asks to switch to cleartext HTTP/2 (`Upgrade: h2c`, `HTTP2-Settings`).
+    pub h2c: bool,
+    /// Over `MAX_HEADER_BYTES`, or over the number of fields its protocol allows.
+    pub too_large: bool,
+}
+
+/// The daemon's own answer to a request that must not go out with the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+impl<'a> Head<'a> {
+    /// The host the request is for, for the audit log: the authority, else the first Host header.
+    pub fn host(&self, mut hosts: impl Iterator<Item = &'a [u8]>) -> Option<String> {
+        self.authority
+            .or_else(|| hosts.next())
+            .map(|host| String::from_utf8_lossy(host).to_ascii_lowercase())
+    }
+
+    /// Why this request, on a connection for `sni` to port `port`, must not be sent with the secret, if
+    /// so. `hosts` are its Host headers. Every name the request gives must be the TLS server name: an
+    /// HTTP/2 request whose Host header differs from its :authority is malformed (RFC 9113, 8.3.1), and
+    /// which of the two an upstream would follow is its own choice.
+    pub fn refusal(
+        &self,
+        hosts: impl Iterator<Item = &'a [u8]>,
+        sni: &str,
+        port: u16,
+    ) -> Option<Refusal> {
+        let refuse = |status, message: String| Some(Refusal { status, message });
+        if self.too_large {
+            return refuse(
+                431,
+                format!(
+                    "sandbox: the request's header fields are over the limit ({} KiB)",
+                    MAX_HEADER_BYTES / 1024
+                ),
+            );
+        }
+        let mut named = false;
+        for host in self.authority.into_iter().chain(hosts) {
+            named = true;
+            let Ok(host) = std::str::from_utf8(host) else {
+                return refuse(400, "sandbox: the Host header is not text".into());
+            };
+            if !host_matches(host, sni, port) {
+                return refuse(
+                    421,
+                    format!("sandbox: request for {host:?} on a connection for {sni:?}; open a new connection for that host"),
+                );
+            }
+        }
+        if !named {
+            return refuse(400, "sandbox: the request names no host".into());
+        }
+        if self.method == b"TRACE" || self.method == b"CONNECT" || self.tunnel {
+            let method = String::from_utf8_lossy(self.method);
+            return refuse(
+                405,
+                format!("sandbox: {method} is not allowed to {sni} (it could reveal the injected credentials)"),
+            );
+        }
+        if self.h2c {
+            return refuse(400, "sandbox: Upgrade: h2c is not allowed".into());
+        }
+        None
+    }
+}
+
+/// Whether `host` (as sent, maybe with a port) names `sni` on the connection's port.
+pub fn host_matches(host: &str, sni: &str, port: u16) -> bool {
+    let (name, host_port) = match host.rsplit_once(':') {
+        Some((name, port_text)) if !name.contains(':') => match port_text.parse::<u16>() {
+            Ok(parsed) => (name, Some(parsed)),
+            Err(_) => return false,
+        },
+        _ => (host, None),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name.eq_ignore_ascii_case(sni)
+        && host_port.is_none_or(|p| p == port || (p == 443 && port == 443))
+}
+
+/// Sets the integration's headers, replacing any of the same name the client sent; else says why they
+/// cannot be made.
+pub fn inject(
+    headers: &mut HeaderMap,
+    integration: &Integration,
+    secrets: &Secrets,
+) -> Result<(), String> {
+    let not_loaded = |missing: MissingSecret| format!("secret {:?} is not loaded", missing.0);
+    for (name, template) in &integration.headers {
+        let value = template.render(secrets).map_err(not_loaded)?;
+        let unusable = || {
+            format!(
+                "header {name:?} of integration {:?} is not a valid HTTP header",
+                integration.name
+            )
+        };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| unusable())?;
+        // Bytes, not text: a secret may hold non-ASCII characters, which HTTP carries as they are.
+        let mut value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| unusable())?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if let Some(basic) = &integration.basic_auth {
+        let user = basic.username.render(secrets).map_err(not_loaded)?;
+        let password = basic.password.render(secrets).map_err(not_loaded)?;
+        let encoded = BASE64.encode(format!("{user}:{password}"));
+        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .map_err(|_| "basic_auth does not encode to a header".to_string())?;
+        value.set_sensitive(true);
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok(())
+}
+
+/// Whether sending a request twice has the effect of sending it once (RFC 9110 §9.2.2): such a request
+/// may go again when its connection closed before any of its answer came, processed or not.
+pub fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use super::*;
+
+fn get(authority: Option<&'static str>) -> Head<'static> {
+    Head {
+        method: b"GET",
+        authority: authority.map(str::as_bytes),
+        tunnel: false,
+        h2c: false,
+        too_large: false,
+    }
+}
+
+/// The status of the refusal of `head` with these Host headers, on a connection for api.test:443.
+fn refused(head: &Head<'_>, hosts: &[&'static str]) -> Option<u16> {
+    head.refusal(hosts.iter().map(|h| h.as_bytes()), "api.test", 443)
+        .map(|refusal| refusal.status)
+}
+
+#[test]
+fn every_name_a_request_gives_must_be_the_sni() {
+    assert_eq!(refused(&get(Some("api.test")), &[]), None);
+    assert_eq!(
+        refused(&get(None), &["api.test:443"]),
+        None,
+        "HTTP/1.1 names the host only in Host"
+    );
+    assert_eq!(refused(&get(Some("api.test")), &["api.test"]), None);
+    assert_eq!(
+        refused(&get(Some("api.test")), &["evil.test"]),
+        Some(421),
+        ":authority is the SNI, Host is not"
+    );
+    assert_eq!(refused(&get(None), &["api.test", "evil.test"]), Some(421));
+    assert_eq!(refused(&get(Some("evil.test")), &["api.test"]), Some(421));
+    let refusal = get(Some("evil.test")).refusal(std::iter::empty(), "api.test", 443);
+    assert!(refusal.unwrap().message.contains("\"evil.test\""));
+}
+
+#[test]
+fn a_request_without_a_host_or_with_a_host_not_text_is_bad() {
+    assert_eq!(refused(&get(None), &[]), Some(400));
+    let not_text: &[u8] = b"api.test\xff";
+    let refusal = get(None).refusal([not_text].into_iter(), "api.test", 443);
+    assert_eq!(refusal.map(|r| r.status), Some(400));
+}
+
+#[test]
+fn methods_that_could_reflect_the_secret_and_tunnels_get_405() {
+    for method in [&b"TRACE"[..], b"CONNECT"] {
+        let head = Head {
+            method,
+            ..get(Some("api.test"))
+        };
+        assert_eq!(refused(&head, &[]), Some(405));
+    }
+    let tunnel = Head {
+        tunnel: true,
+        ..get(Some("api.test"))
+    };
+    assert_eq!(refused(&tunnel, &[]), Some(405));
+}
+
+#[test]
+fn h2c_and_heads_over_the_limit_are_refused() {
+    let h2c = Head {
+        h2c: true,
+        ..get(Some("api.test"))
+    };
+    assert_eq!(refused(&h2c, &[]), Some(400));
+    let large = Head {
+        too_large: true,
+        ..get(Some("evil.test"))
+    };
+    assert_eq!(refused(&large, &[]), Some(431), "size is checked first");
+}
+
+#[test]
+fn the_host_for_the_audit_is_the_authority_else_the_first_host() {
+    assert_eq!(
+        get(Some("API.test"))
+            .host([&b"x"[..]].into_iter())
+            .as_deref(),
+        Some("api.test")
+    );
+    assert_eq!(
+        get(None)
+            .host([&b"Api.Test:443"[..]].into_iter())
+            .as_deref(),
+        Some("api.test:443")
+    );
+    assert_eq!(get(None).host(std::iter::empty()), None);
+}
+
+#[test]
+fn host_must_name_the_sni_on_this_port() {
+    assert!(host_matches("api.example.com", "api.example.com", 443));
+    assert!(host_matches("API.example.com.", "api.example.com", 443));
+    assert!(host_matches("api.example.com:443", "api.example.com", 443));
+    assert!(host_matches(
+        "api.example.com:8443",
+        "api.example.com",
+        8443
+    ));
+    assert!(!host_matches(
+        "api.example.com:8443",
+        "api.example.com",
+        443
+    ));
+    assert!(!host_matches("evil.example.com", "api.example.com", 443));
+    assert!(!host_matches(
+        "api.example.com.evil.com",
+        "api.example.com",
+        443
+    ));
+    assert!(!host_matches("api.example.com:x", "api.example.com", 443));
+    assert!(!host_matches("[::1]:443", "api.example.com", 443));
+}
+
+#[test]
+fn secrets_go_into_headers_as_their_bytes_in_place_of_the_clients() {
+    let config = crate::config::Config::parse(
+        r#"
+[secrets]
+k = { env = "UNUSED" }
+[[integration]]
+name = "api"
+hosts = ["api.test"]
+headers = { Authorization = "Bearer ${secret:k}", X-Key = "${secret:k}" }
+[[integration]]
+name = "basic"
+hosts = ["basic.test"]
+basic_auth = { username = "u", password = "${secret:k}" }
+"#,
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let secrets = Secrets::of(&[("k", "sk-ünï")]);
+    let mut headers = HeaderMap::new();
+    headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine"));
+    headers.append(header::AUTHORIZATION, HeaderValue::from_static("mine too"));
+    inject(&mut headers, &config.integrations[0], &secrets).unwrap();
+    let authorization: Vec<&[u8]> = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(authorization, ["Bearer sk-ünï".as_bytes()]);
+    assert_eq!(headers["x-key"].as_bytes(), "sk-ünï".as_bytes());
+    assert!(headers["x-key"].is_sensitive());
+
+    let mut headers = HeaderMap::new();
+    inject(&mut headers, &config.integrations[1], &secrets).unwrap();
+    let expected = format!("Basic {}", BASE64.encode("u:sk-ünï"));
+    assert_eq!(headers[header::AUTHORIZATION], expected.as_str());
+
+    let none = Secrets::of(&[]);
+    assert_eq!(
+        inject(&mut HeaderMap::new(), &config.integrations[0], &none).unwrap_err(),
+        "secret \"k\" is not loaded"
+    );
+}
+
+#[test]
+fn only_the_idempotent_methods_may_go_twice() {
+    for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+        assert!(is_idempotent(method.as_bytes()), "{method}");
+    }
+    for method in ["POST", "PATCH", "CONNECT", "get", "PROPFIND", ""] {
+        assert!(!is_idempotent(method.as_bytes()), "{method}");
+    }
+}
