@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::dns::{answer_addresses, query_name, servfail};
+use sandbox::proxy::dns::{answer_addresses, query_name, servfail};
 
 fuzz_target!(|data: &[u8]| {
     let addresses = answer_addresses(data);

@@ -1,7 +1,7 @@
-//! Fuzzes `sandbox::hpack`: header blocks decoded in sequence on one `Decoder`, so that the dynamic table
-//! carries from block to block as on a connection. Nothing may panic, and the fields of every block that
-//! decodes, written again with `encode_field`, must read back the same from a fresh decoder (whose table
-//! they must not need). A second decoder reads the same blocks asking only for `:status` (as the relay
+//! Fuzzes `sandbox::proxy::http2::hpack`: header blocks decoded in sequence on one `Decoder`, so that the
+//! dynamic table carries from block to block as on a connection. Nothing may panic, and the fields of every
+//! block that decodes, written again with `encode_field`, must read back the same from a fresh decoder
+//! (whose table they must not need). A second decoder reads the same blocks asking only for `:status` (as the relay
 //! reads responses): it must find the same `:status` fields, its table kept in step by the values it skips.
 //!
 //! Input: a byte giving the table size ceiling in units of 64 bytes, then blocks, each a length byte and
@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::hpack::{encode_field, Decoder};
+use sandbox::proxy::http2::hpack::{encode_field, Decoder};
 
 const NEW_CEILING: u8 = 255;
 

@@ -3047,6 +3047,8 @@ mod tests {
             .await
             .expect("the relay closes the connection")
             .unwrap();
+        // As a client does at the end: the relay reads what it still sends (lingers) until then.
+        client.shutdown().await.unwrap();
         relayed.await.unwrap();
         let mut input = InBuf::default();
         input.append(&received);
