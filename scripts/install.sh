@@ -22,7 +22,7 @@ conf=$conf_dir/sandbox.toml
 doc_dir=/usr/local/share/doc/sandbox
 log_dir=/var/log/sandbox
 group=sandbox
-# What the daemon makes in the kernel (src/daemon.rs: MARK, ROUTE_TABLE, LINK_PREFIX; src/nft.rs).
+# What the daemon makes in the kernel (src/kernel/marks.rs: MARK, ROUTE_TABLE, LINK_PREFIX; src/kernel/nft.rs).
 mark=0x5ba
 route_table=1466
 link_prefix=sbx

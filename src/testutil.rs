@@ -4,9 +4,9 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
-use nix::sched::{setns, unshare, CloneFlags};
+use nix::sched::{unshare, CloneFlags};
 
 /// False (after saying so) when the test must be skipped; panics instead when CI=true.
 pub(crate) fn root_or_skip(test: &str) -> bool {
@@ -50,16 +50,4 @@ pub(crate) fn new_netns() -> OwnedFd {
     })
     .join()
     .unwrap()
-}
-
-/// Runs `f` on a thread that entered `netns`.
-pub(crate) fn in_netns<T: Send>(netns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(netns, CloneFlags::CLONE_NEWNET).unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    })
 }

@@ -37,7 +37,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use super::certs::TestCa;
-use super::{in_netns, ip, tcp_listen, tool, unique_suffix, DaemonBuilder, TempDir, TestNet};
+use super::daemon::DaemonBuilder;
+use super::net::{in_netns, TestNet};
+use super::servers::tcp_listen;
+use super::tools::{describe, ip, tool, unique_suffix, TempDir, STD_PATH};
 
 /// The integration `api` (header injection).
 pub const API_HOST: &str = "api.test";
@@ -378,7 +381,7 @@ integrations = ["api"]
             let out = Command::new(tool("git"))
                 .args(args)
                 .env_clear()
-                .env("PATH", super::STD_PATH)
+                .env("PATH", STD_PATH)
                 .env("HOME", self.dir.path())
                 .env("GIT_CONFIG_NOSYSTEM", "1")
                 .env("GIT_CONFIG_GLOBAL", "/dev/null")
@@ -389,11 +392,7 @@ integrations = ["api"]
                 .stdin(Stdio::null())
                 .output()
                 .expect("run git");
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                super::describe(&out)
-            );
+            assert!(out.status.success(), "git {args:?}: {}", describe(&out));
         };
         let work_s = work.display().to_string();
         let bare_s = bare.display().to_string();

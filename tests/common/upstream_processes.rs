@@ -16,8 +16,10 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use super::certs::TestCa;
-use super::{in_netns, ip, tool, unique_suffix, wait_for, DaemonBuilder, TempDir, TestNet};
-use super::{RUN_TAG_VAR, STD_PATH};
+use super::clients::RUN_TAG_VAR;
+use super::daemon::DaemonBuilder;
+use super::net::{in_netns, TestNet};
+use super::tools::{ip, tool, unique_suffix, wait_for, TempDir, STD_PATH};
 
 /// The names these upstreams serve end in this.
 pub const CHURN_DOMAIN: &str = "churn.test";
