@@ -8,7 +8,8 @@
 //!
 //! Input: a flags byte (bit 0: bytes as they are, else mapped onto the letters `a` and `b`, so that random
 //! streams hold needles often), a needle count byte (1 to 4), each needle as a length byte (1 to 40) and its
-//! bytes, a count byte and that many piece lengths (0 to 255, used in turn), then the stream.
+//! bytes, a count byte and that many piece lengths (0 to 255, used in turn; 0 pushes an empty piece, then
+//! one byte), then the stream.
 #![no_main]
 
 use std::sync::Arc;
@@ -66,7 +67,11 @@ fuzz_target!(|data: &[u8]| {
             .get(turn)
             .map_or(stream.len(), |&len| usize::from(len));
         turn = (turn + 1) % lengths.len().max(1);
-        let end = (at + len).min(stream.len());
+        // An empty piece is pushed as one (a zero-length read or DATA frame), then the stream moves on.
+        let end = (at + len.max(1)).min(stream.len());
+        if len == 0 {
+            out.extend_from_slice(&masker.push(Bytes::new()));
+        }
         out.extend_from_slice(&masker.push(Bytes::copy_from_slice(&stream[at..end])));
         at = end;
         assert_eq!(
