@@ -6,10 +6,11 @@
 //! reaches no server. HTTP/2 clients are signed too. The real secret access key and session token are
 //! nowhere the sandbox, the daemon's log or the audit log can show.
 //!
-//! Two aws CLIs: Debian's (awscli 2.9.19: UNSIGNED-PAYLOAD uploads) and a current one in a venv
-//! ([`CURRENT_AWS`], installed by scripts/test from PyPI: its uploads are STREAMING-UNSIGNED-PAYLOAD-TRAILER
-//! with a CRC32 trailer, and it has `bedrock-runtime`). Root only; all traffic stays inside the test's
-//! namespaces.
+//! Everything the sandbox runs is Debian's (scripts/test installs it with apt-get, never from PyPI): the aws
+//! CLI (awscli 2.9.19: `s3 cp` uploads with UNSIGNED-PAYLOAD; `s3api put-object --checksum-algorithm` with
+//! STREAMING-UNSIGNED-PAYLOAD-TRAILER, aws-chunked with a CRC32 trailer, as current CLIs and SDKs upload by
+//! default) and, for Bedrock (which that CLI does not know), [`INVOKE_MODEL`]: a python3 client signing
+//! with python3-botocore's SigV4Auth. Root only; all traffic stays inside the test's namespaces.
 
 mod common;
 
@@ -19,8 +20,32 @@ use common::aws::*;
 use common::*;
 use serde_json::Value;
 
-/// The aws CLI of a current botocore, in a venv the test user can run (scripts/test makes it).
-const CURRENT_AWS: &str = "/opt/sandbox-test-awscli/bin/aws";
+/// Bedrock's InvokeModel as an SDK sends it, which Debian's aws CLI cannot: a POST of a JSON body to
+/// `/model/<id>/invoke` (the id's ':' percent-encoded, as the SDKs encode a path label) of
+/// `bedrock-runtime.<region>.amazonaws.com`, signed for `bedrock` by python3-botocore's SigV4Auth with the
+/// environment's (dummy) credentials and region. Prints the status, then the answer.
+const INVOKE_MODEL: &str = r#"
+import json, sys
+from urllib.parse import quote
+import botocore.session
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.httpsession import URLLib3Session
+
+session = botocore.session.get_session()
+region = session.get_config_variable("region")
+model = "anthropic.claude-v2:1"
+url = "https://bedrock-runtime.%s.amazonaws.com/model/%s/invoke" % (region, quote(model, safe=""))
+body = json.dumps({"prompt": "héllo & <bye>?", "max_tokens": 5}, ensure_ascii=False).encode()
+headers = {"Content-Type": "application/json", "Accept": "application/json"}
+request = AWSRequest(method="POST", url=url, data=body, headers=headers)
+SigV4Auth(session.get_credentials(), "bedrock", region).add_auth(request)
+verify = session.get_config_variable("ca_bundle") or True
+answer = URLLib3Session(verify=verify).send(request.prepare())
+print(answer.status_code)
+print(answer.content.decode())
+sys.exit(answer.status_code != 200)
+"#;
 /// How long a script of aws CLI commands may take (each starts Python and botocore: a second or more).
 const CLI_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -116,15 +141,16 @@ fn assert_daemon_kept_the_secrets(d: &Daemon, aws: &Aws) {
     assert_no_secret(aws, "the audit log", &audit);
 }
 
-/// The aws CLI, unmodified, with dummy credentials: `s3 mb`, `s3 cp` of a 20 MiB file up and down (
-/// Debian's CLI: UNSIGNED-PAYLOAD multipart; the current one: unsigned-trailer multipart with CRC32),
-/// keys and prefixes that need encoding (`s3 ls`, `s3api list-objects-v2 --prefix`), and
-/// `bedrock-runtime invoke-model` (a POST with a JSON body, a model id with ':'). Every request arrived
+/// The aws CLI, unmodified, with dummy credentials: `s3 mb`, a 20 MiB file up and down (`s3 cp`:
+/// UNSIGNED-PAYLOAD multipart; `s3api put-object --checksum-algorithm CRC32`: one unsigned-trailer
+/// upload, aws-chunked with a CRC32 trailer), keys and prefixes that need encoding (`s3 ls`, `s3api
+/// list-objects-v2 --prefix`), and Bedrock's InvokeModel signed by botocore ([`INVOKE_MODEL`]: a POST with
+/// a JSON body, a model id with ':'). Every request arrived
 /// verified with the real key; the real secrets appear nowhere in the sandbox (its environment, the
 /// daemon's files, every answer), the daemon's log or the audit log.
 #[test]
 fn the_aws_cli_works_unmodified_with_dummy_credentials() {
-    if skip_unless_privileged_with(&["aws", CURRENT_AWS]) {
+    if skip_unless_privileged_with(&["aws", "python3"]) {
         return;
     }
     with_aws(|d, aws, s3, bedrock| {
@@ -139,12 +165,14 @@ head -c 20971520 /dev/urandom > big
 echo "--- mb"; aws s3 mb s3://{BUCKET}
 echo "--- cp up"; aws s3 cp --no-progress big s3://{BUCKET}/big
 echo "--- cp down"; aws s3 cp --no-progress s3://{BUCKET}/big big.down; cmp big big.down
-echo "--- cp up, trailer"; {CURRENT_AWS} s3 cp --no-progress big "s3://{BUCKET}/dir with space/trailer+ü=1.bin"
-echo "--- cp down, current"; {CURRENT_AWS} s3 cp --no-progress "s3://{BUCKET}/dir with space/trailer+ü=1.bin" t.down; cmp big t.down
+echo "--- put-object, trailer"; aws s3api put-object --checksum-algorithm CRC32 --bucket {BUCKET} --key "dir with space/trailer+ü=1.bin" --body big
+echo "--- cp down, trailer"; aws s3 cp --no-progress "s3://{BUCKET}/dir with space/trailer+ü=1.bin" t.down; cmp big t.down
 echo "--- ls"; aws s3 ls s3://{BUCKET}/
 echo "--- ls prefix"; aws s3 ls "s3://{BUCKET}/dir with space/"
 echo "--- list-objects-v2"; aws s3api list-objects-v2 --bucket {BUCKET} --prefix "dir with space/trailer+ü" --query 'Contents[].Key' --output text
-echo "--- invoke-model"; {CURRENT_AWS} bedrock-runtime invoke-model --model-id anthropic.claude-v2:1 --content-type application/json --body '{{"prompt": "héllo & <bye>?", "max_tokens": 5}}' out.json; cat out.json; echo
+echo "--- invoke-model"; python3 - <<'EOF'
+{INVOKE_MODEL}
+EOF
 echo "--- end"
 "#,
             daemon_pid = d.pid(),
@@ -187,7 +215,7 @@ echo "--- end"
         assert_eq!(
             uploads("STREAMING-UNSIGNED-PAYLOAD-TRAILER"),
             20 << 20,
-            "the current CLI uploads with a trailing checksum"
+            "put-object --checksum-algorithm uploads with a trailing checksum"
         );
         assert!(
             s3_log.iter().any(|l| l["method"] == "GET"
