@@ -75,10 +75,13 @@ pub struct Record {
     /// refused it on without processing it).
     #[serde(skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// How many secrets were masked in the response (each run of masked bytes counts once).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub redacted: u64,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 impl Record {
@@ -102,6 +105,7 @@ impl Record {
             verdict: Verdict::Passed,
             error: None,
             retries: 0,
+            redacted: 0,
         }
     }
 
@@ -284,6 +288,7 @@ mod tests {
             verdict: Verdict::Injected,
             error: None,
             retries: 0,
+            redacted: 0,
         }
     }
 

@@ -1,6 +1,6 @@
-//! `[[integration]]`: which hosts get which headers. An integration is checked whole, when the config is
-//! read: its header names, its templates and the secrets they name, so that a request never meets one
-//! that cannot be injected.
+//! `[[integration]]`: which hosts get which headers, and whether their responses are scanned for secrets
+//! (`redact`). An integration is checked whole, when the config is read: its header names, its templates
+//! and the secrets they name, so that a request never meets one that cannot be injected.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +32,8 @@ pub struct Integration {
     /// Header names as written in the config (HTTP header names are case-insensitive).
     pub headers: BTreeMap<String, Template>,
     pub basic_auth: Option<BasicAuth>,
+    /// Whether its hosts' responses are scanned for secrets and masked (`redact`, default true).
+    pub redact: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +50,12 @@ pub(super) struct RawIntegration {
     #[serde(default)]
     headers: BTreeMap<Spanned<String>, Spanned<String>>,
     basic_auth: Option<RawBasicAuth>,
+    #[serde(default = "redact_by_default")]
+    redact: bool,
+}
+
+fn redact_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -111,6 +119,7 @@ impl RawIntegration {
             hosts: self.hosts.into_inner(),
             headers,
             basic_auth,
+            redact: self.redact,
         })
     }
 }

@@ -3,7 +3,9 @@
 //! integration's headers set. It injects nothing when the request's host is not the TLS server name (421),
 //! when the upstream's certificate is not valid for that name (502), or for methods that could reflect or
 //! smuggle the secret (TRACE, CONNECT, `Upgrade: h2c`). Bodies stream both ways; upgrades (WebSocket) tunnel
-//! after the injected handshake. Every request gets an audit record when its response ends.
+//! after the injected handshake. Responses are masked on their way back (`redact`): their head, body and
+//! trailers, and a tunnel's server-to-client bytes; one in a content coding is refused (502). Every request
+//! gets an audit record when its response ends.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -20,14 +22,18 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use zeroize::Zeroizing;
 
 use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::Integration;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::http2;
 use crate::proxy::policy::{self, MAX_HEADER_BYTES};
+use crate::proxy::redact::messages::{self, Redacted};
+use crate::proxy::redact::tunnel::{TunnelMasker, Unscannable};
+use crate::proxy::redact::{self, Masker, Needles};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
 use crate::sandbox::live::Sandbox;
@@ -45,6 +51,8 @@ const MAX_HTTP2_STREAMS: u32 = 128;
 const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response at least this large marks its client connection as one that moves bulk data.
 const BULK_RESPONSE_BYTES: u64 = 256 * 1024;
+/// What a masked tunnel reads from the upstream at once.
+const TUNNEL_READ: usize = 16 * 1024;
 
 /// One intercepted TLS connection: who it belongs to and what it may carry.
 struct Intercept {
@@ -62,9 +70,10 @@ struct Intercept {
     /// Set once a response on this connection is `BULK_RESPONSE_BYTES` or more: its later requests go
     /// over HTTP/1.1 upstream connections, and an HTTP/1.1 connection may move to another worker.
     bulk: Arc<AtomicBool>,
-    /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for: the
-    /// tunnel starts when hyper lets go of the client's stream.
-    upgraded: Mutex<Option<hyper::upgrade::OnUpgrade>>,
+    /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for, and
+    /// what masks its bytes on their way to the client: the tunnel starts when hyper lets go of the
+    /// client's stream.
+    upgraded: Mutex<Option<(hyper::upgrade::OnUpgrade, Option<TunnelScan>)>>,
     /// Set once a request asked for the connection to end after its response: such a connection is not
     /// moved (it would wait on the other worker for a request that never comes).
     closing: AtomicBool,
@@ -81,6 +90,13 @@ struct OpenRequests {
 
 /// One open request, from its head until its response ends.
 struct OpenRequest(Arc<OpenRequests>);
+
+/// A tunnel's server-to-client masker, and the record of the request that opened it (for the log line
+/// that says what was masked).
+struct TunnelScan {
+    masker: TunnelMasker,
+    record: Record,
+}
 
 impl OpenRequests {
     fn new() -> Arc<OpenRequests> {
@@ -126,11 +142,13 @@ fn relay_scope(
 ) -> http2::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
     let injected = http2::Injected::for_integration(integration, &sandbox.secrets);
+    let redaction = integration.redact.then(|| sandbox.redaction.clone());
     let sandbox = sandbox.clone();
     http2::Scope {
         sni,
         port: destination.port(),
         injected,
+        redaction,
         record,
         log: context.audit.polled(),
         counted: Box::new(move |record: &Record| {
@@ -333,8 +351,8 @@ async fn serve_http1_here(
         .lock()
         .ok()
         .and_then(|mut upgraded| upgraded.take());
-    if let Some(upstream) = upgraded {
-        tunnel(client, upstream).await;
+    if let Some((upstream, scan)) = upgraded {
+        tunnel(client, upstream, scan).await;
         return;
     }
     match slot {
@@ -441,6 +459,8 @@ struct Exchange {
     started: Instant,
     /// The request body's bytes, as they are read from the client.
     sent: Arc<AtomicU64>,
+    /// What its response is masked with (those in force when it began); `None` when nothing is.
+    needles: Option<Arc<Needles>>,
     _in_flight: InFlight,
     _open: Option<OpenRequest>,
 }
@@ -451,6 +471,11 @@ impl Intercept {
             record: self.record.clone(),
             started: Instant::now(),
             sent: Arc::new(AtomicU64::new(0)),
+            needles: self
+                .integration
+                .redact
+                .then(|| self.sandbox.redaction.needles())
+                .filter(|needles| !needles.is_empty()),
             _in_flight: InFlight::start(),
             _open: self.open.as_ref().map(OpenRequests::enter),
         };
@@ -512,6 +537,17 @@ impl Intercept {
         exchange.record.retries = outcome.retries;
         match outcome.result {
             Ok((response, lease)) => {
+                let head_request = exchange.record.method.as_deref() == Some("HEAD");
+                let refused = exchange
+                    .needles
+                    .as_ref()
+                    .and_then(|_| messages::unscannable(&response, head_request));
+                if let Some(why) = refused {
+                    let message = format!("sandbox: {why}");
+                    return self
+                        .answer(exchange, StatusCode::BAD_GATEWAY, Verdict::Error, message)
+                        .await;
+                }
                 self.respond(response, lease, exchange, upgrade_requested, client_version)
             }
             Err(error) => {
@@ -542,6 +578,15 @@ impl Intercept {
         {
             let message = format!("sandbox: {reason}; see the daemon's log");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, Verdict::Error, message));
+        }
+        if self.integration.redact {
+            // A body the daemon can scan: an upstream that compresses anyway is refused (`proxy`).
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            // permessage-deflate would compress a WebSocket's frames past scanning.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let authority = if self.destination.port() == 443 {
             self.sni.clone()
@@ -596,17 +641,32 @@ impl Intercept {
             mut record,
             started,
             sent,
+            needles,
             _in_flight,
             _open,
         } = exchange;
         record.status = Some(response.status().as_u16());
+        let masked_in_head = needles.as_ref().map_or(0, |needles| {
+            messages::mask_headers(response.headers_mut(), needles)
+                + messages::mask_reason(&mut response, needles)
+        });
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
             lease = None;
             if upgrade_requested {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let scan = needles.as_ref().map(|needles| {
+                    let websocket = response
+                        .headers()
+                        .get(header::UPGRADE)
+                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                    TunnelScan {
+                        masker: TunnelMasker::new(needles.clone(), websocket),
+                        record: record.clone(),
+                    }
+                });
                 if let Ok(mut upgraded) = self.upgraded.lock() {
-                    *upgraded = Some(upstream_upgrade);
+                    *upgraded = Some((upstream_upgrade, scan));
                 }
             }
         } else if response.version() < Version::HTTP_2 {
@@ -625,14 +685,18 @@ impl Intercept {
         let audit = self.audit.clone();
         let (parts, body) = response.into_parts();
         let received = Arc::new(AtomicU64::new(0));
+        let masked_in_body = Arc::new(AtomicU64::new(0));
         let finished = {
             let received = received.clone();
+            let masked_in_body = masked_in_body.clone();
             let bulk = self.bulk.clone();
             move |error: Option<String>| {
                 drop(_in_flight);
                 drop(_open);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
+                record.redacted = masked_in_head + masked_in_body.load(Ordering::Relaxed);
+                redact::log_masked(&record);
                 if record.bytes_down >= BULK_RESPONSE_BYTES {
                     bulk.store(true, Ordering::Relaxed);
                 }
@@ -649,10 +713,15 @@ impl Intercept {
                 audit.log_now(record);
             }
         };
-        Response::from_parts(
-            parts,
-            Metered::new(body, received, Some(Box::new(finished))).boxed(),
-        )
+        let finished: OnEnd = Box::new(finished);
+        let body = match needles {
+            Some(needles) => {
+                let body = Redacted::new(body, Masker::new(needles), masked_in_body);
+                Metered::new(body, received, Some(finished)).boxed()
+            }
+            None => Metered::new(body, received, Some(finished)).boxed(),
+        };
+        Response::from_parts(parts, body)
     }
 }
 
@@ -758,13 +827,65 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Copies bytes both ways between the client's stream and the upgraded upstream connection (WebSocket
-/// and the like).
-async fn tunnel(mut client: Prefixed<ClientStream>, upstream: hyper::upgrade::OnUpgrade) {
+/// and the like), the upstream's through `scan` when its responses are masked.
+async fn tunnel(
+    mut client: Prefixed<ClientStream>,
+    upstream: hyper::upgrade::OnUpgrade,
+    scan: Option<TunnelScan>,
+) {
     let Ok(upstream) = upstream.await else {
         return;
     };
     let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let Some(TunnelScan {
+        mut masker,
+        mut record,
+    }) = scan
+    else {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        return;
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let up = async {
+        tokio::io::copy(&mut client_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await
+    };
+    let down = async {
+        let mut read = Zeroizing::new(vec![0u8; TUNNEL_READ]);
+        let mut out = Vec::with_capacity(TUNNEL_READ);
+        loop {
+            out.clear();
+            let n = upstream_read.read(&mut read).await?;
+            if n == 0 {
+                masker.finish(&mut out);
+                client_write.write_all(&out).await?;
+                return client_write.shutdown().await;
+            }
+            masker
+                .push(&read[..n], &mut out)
+                .map_err(std::io::Error::other)?;
+            client_write.write_all(&out).await?;
+            client_write.flush().await?;
+        }
+    };
+    let ended = tokio::try_join!(up, down);
+    record.redacted = masker.redacted();
+    redact::log_masked(&record);
+    if let Err(error) = ended {
+        match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<Unscannable>())
+        {
+            Some(why) => tracing::warn!(
+                sandbox = %record.sandbox,
+                host = record.host.as_deref().unwrap_or("-"),
+                path = record.path.as_deref().unwrap_or("-"),
+                "a tunnel was cut: {why}"
+            ),
+            None => tracing::debug!(%error, "a masked tunnel ended with an error"),
+        }
+    }
 }
 
 fn describe_upstream_error(

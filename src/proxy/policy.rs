@@ -135,13 +135,17 @@ pub fn inject(
     if let Some(basic) = &integration.basic_auth {
         let user = basic.username.render(secrets).map_err(not_loaded)?;
         let password = basic.password.render(secrets).map_err(not_loaded)?;
-        let encoded = BASE64.encode(format!("{user}:{password}"));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        let mut value = HeaderValue::from_str(&basic_credentials(&user, &password))
             .map_err(|_| "basic_auth does not encode to a header".to_string())?;
         value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);
     }
     Ok(())
+}
+
+/// The `Authorization` value of basic auth (RFC 7617): what `inject` sends, and what redaction masks.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
 }
 
 /// Whether sending a request twice has the effect of sending it once (RFC 9110 §9.2.2): such a request

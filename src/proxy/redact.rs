@@ -8,6 +8,11 @@
 //!   match is replaced by as many `*`, so lengths, Content-Length and framing stay valid.
 //! - [`Needles::mask_all`]: a small buffer at once (a header value, a status reason, a trailer).
 //!
+//! Around this core: [`profiles`] (what each sandbox masks, and keeping it up to date when a secret
+//! changes), [`messages`] (a response as hyper carries it: headers, reason, body) and [`tunnel`] (an
+//! upgraded connection's server-to-client bytes). The HTTP/2 relay masks its frames itself
+//! (`proxy::http2`).
+//!
 //! # What is masked
 //! Every occurrence of every needle, overlapping ones included: the automaton reports all of them
 //! (Aho-Corasick's standard semantics), and the union of their bytes is masked. Leftmost-longest or
@@ -75,6 +80,12 @@ use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_NO_PAD};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::audit::Record;
+
+pub mod messages;
+pub mod profiles;
+pub mod tunnel;
 
 /// Shorter needles are not masked (see the module's documentation).
 pub const MIN_NEEDLE: usize = 8;
@@ -203,10 +214,15 @@ impl Needles {
 
     /// `value` with every match masked, or `None` when nothing matched. For buffers that arrive whole
     /// (header values, a status reason, trailers). A search of its own (the automaton's overlapping
-    /// iterator, no prefilter, nothing held), so that it can check a [`Masker`]: streaming a buffer cut
-    /// anywhere gives the same bytes and the same count.
+    /// iterator, nothing held; the prefilter only says whether to search at all), so that it can check a
+    /// [`Masker`]: streaming a buffer cut anywhere gives the same bytes and the same count.
     pub fn mask_all(&self, value: &[u8]) -> Option<Masked> {
         let matcher = self.matcher.as_ref()?;
+        // Every needle begins with one of the prefilter's patterns: where none occurs, none does. This
+        // runs on every header of every response, most of which hold no needle's beginning.
+        if let Some(prefilter) = &matcher.prefilter {
+            prefilter.find_in(value, Span::from(0..value.len()))?;
+        }
         let mut runs = Runs::default();
         let mut bytes: Option<Vec<u8>> = None;
         let mut mask = |start: usize, end: usize| {
@@ -538,6 +554,11 @@ impl Masker {
         tail
     }
 
+    /// The needles this stream is masked with (those in force when it began).
+    pub fn needles(&self) -> &Needles {
+        &self.needles
+    }
+
     /// How many bytes are held back: pushed, not yet released.
     pub fn pending(&self) -> usize {
         self.held.len()
@@ -580,6 +601,21 @@ impl Masker {
     fn clear_held(&mut self) {
         self.held.as_mut_slice().zeroize();
         self.held.clear();
+    }
+}
+
+/// Says in the daemon's log that a request's response had secrets masked, if it had: which integration,
+/// host and path, and how many (never what).
+pub fn log_masked(record: &Record) {
+    if record.redacted > 0 {
+        tracing::warn!(
+            sandbox = %record.sandbox,
+            integration = record.integration.as_deref().unwrap_or("-"),
+            host = record.host.as_deref().unwrap_or("-"),
+            path = record.path.as_deref().unwrap_or("-"),
+            masked = record.redacted,
+            "a response gave back secrets the daemon holds; the sandbox got them masked"
+        );
     }
 }
 
