@@ -70,10 +70,9 @@ struct Intercept {
     /// Set once a response on this connection is `BULK_RESPONSE_BYTES` or more: its later requests go
     /// over HTTP/1.1 upstream connections, and an HTTP/1.1 connection may move to another worker.
     bulk: Arc<AtomicBool>,
-    /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for, and
-    /// what masks its bytes on their way to the client: the tunnel starts when hyper lets go of the
-    /// client's stream.
-    upgraded: Mutex<Option<(hyper::upgrade::OnUpgrade, Option<TunnelScan>)>>,
+    /// The upgrade the client's HTTP/1.1 connection has been answered 101 for: the tunnel starts when
+    /// hyper lets go of the client's stream.
+    upgraded: Mutex<Option<Tunnel>>,
     /// Set once a request asked for the connection to end after its response: such a connection is not
     /// moved (it would wait on the other worker for a request that never comes).
     closing: AtomicBool,
@@ -91,11 +90,37 @@ struct OpenRequests {
 /// One open request, from its head until its response ends.
 struct OpenRequest(Arc<OpenRequests>);
 
-/// A tunnel's server-to-client masker, and the record of the request that opened it (for the log line
-/// that says what was masked).
-struct TunnelScan {
-    masker: TunnelMasker,
+/// An upgraded connection (WebSocket and the like) once its 101 is on its way: the upstream's side, and
+/// what is left to do with it.
+struct Tunnel {
+    upstream: hyper::upgrade::OnUpgrade,
+    end: TunnelEnd,
+}
+
+/// What masks the upstream's bytes when its responses are masked, and the audit record of the request
+/// that opened the tunnel, written when the tunnel ends (with the bytes each way and what was masked).
+struct TunnelEnd {
+    masker: Option<TunnelMasker>,
     record: Record,
+    started: Instant,
+    audit: Audit,
+}
+
+impl TunnelEnd {
+    /// Writes the audit record of a tunnel that ended, or never began (`error`).
+    fn log(mut self, error: Option<String>) {
+        if let Some(masker) = &self.masker {
+            self.record.redacted += masker.redacted();
+        }
+        redact::log_masked(&self.record);
+        let verdict = if error.is_some() {
+            Verdict::Error
+        } else {
+            Verdict::Injected
+        };
+        self.record.finish(verdict, error, self.started);
+        self.audit.log_now(self.record);
+    }
 }
 
 impl OpenRequests {
@@ -339,20 +364,25 @@ async fn serve_http1_here(
         return poll;
     })
     .await;
-    if let Err(error) = served {
-        tracing::debug!(%error, "intercepted connection ended with an error");
-        return;
-    }
-    let parts = connection.into_parts();
-    let mut client = parts.io.into_inner();
-    client.unread(parts.read_buf);
     let upgraded = intercept
         .upgraded
         .lock()
         .ok()
         .and_then(|mut upgraded| upgraded.take());
-    if let Some((upstream, scan)) = upgraded {
-        tunnel(client, upstream, scan).await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "intercepted connection ended with an error");
+        if let Some(tunnel) = upgraded {
+            tunnel
+                .end
+                .log(Some(format!("the client's connection ended: {error}")));
+        }
+        return;
+    }
+    let parts = connection.into_parts();
+    let mut client = parts.io.into_inner();
+    client.unread(parts.read_buf);
+    if let Some(upgraded) = upgraded {
+        tunnel(client, upgraded).await;
         return;
     }
     match slot {
@@ -650,23 +680,31 @@ impl Intercept {
             messages::mask_headers(response.headers_mut(), needles)
                 + messages::mask_reason(&mut response, needles)
         });
+        let mut tunnelled = false;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
             lease = None;
             if upgrade_requested {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                let scan = needles.as_ref().map(|needles| {
-                    let websocket = response
-                        .headers()
-                        .get(header::UPGRADE)
-                        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
-                    TunnelScan {
-                        masker: TunnelMasker::new(needles.clone(), websocket),
-                        record: record.clone(),
-                    }
-                });
+                tunnelled = true;
+                let websocket = response
+                    .headers()
+                    .get(header::UPGRADE)
+                    .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                let mut record = record.clone();
+                record.redacted = masked_in_head;
+                let tunnel = Tunnel {
+                    upstream: hyper::upgrade::on(&mut response),
+                    end: TunnelEnd {
+                        masker: needles
+                            .as_ref()
+                            .map(|needles| TunnelMasker::new(needles.clone(), websocket)),
+                        record,
+                        started,
+                        audit: self.audit.clone(),
+                    },
+                };
                 if let Ok(mut upgraded) = self.upgraded.lock() {
-                    *upgraded = Some((upstream_upgrade, scan));
+                    *upgraded = Some(tunnel);
                 }
             }
         } else if response.version() < Version::HTTP_2 {
@@ -693,6 +731,10 @@ impl Intercept {
             move |error: Option<String>| {
                 drop(_in_flight);
                 drop(_open);
+                if tunnelled {
+                    // Its record is written when the tunnel ends (`tunnel`).
+                    return;
+                }
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 record.redacted = masked_in_head + masked_in_body.load(Ordering::Relaxed);
@@ -827,41 +869,68 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Copies bytes both ways between the client's stream and the upgraded upstream connection (WebSocket
-/// and the like), the upstream's through `scan` when its responses are masked.
-async fn tunnel(
-    mut client: Prefixed<ClientStream>,
-    upstream: hyper::upgrade::OnUpgrade,
-    scan: Option<TunnelScan>,
-) {
-    let Ok(upstream) = upstream.await else {
-        return;
+/// and the like), the upstream's through the tunnel's masker when its responses are masked; then writes
+/// its audit record.
+async fn tunnel(client: Prefixed<ClientStream>, tunnel: Tunnel) {
+    let Tunnel { upstream, mut end } = tunnel;
+    let ended = match upstream.await {
+        Ok(upstream) => copy_tunnel(client, TokioIo::new(upstream), end.masker.as_mut()).await,
+        Err(error) => Err(std::io::Error::other(error)),
     };
-    let mut upstream = TokioIo::new(upstream);
-    let Some(TunnelScan {
-        mut masker,
-        mut record,
-    }) = scan
-    else {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-        return;
+    let error = match ended {
+        Ok((up, down)) => {
+            end.record.bytes_up = up;
+            end.record.bytes_down = down;
+            None
+        }
+        Err(error) => {
+            if let Some(why) = error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<Unscannable>())
+            {
+                tracing::warn!(
+                    sandbox = %end.record.sandbox,
+                    host = end.record.host.as_deref().unwrap_or("-"),
+                    path = end.record.path.as_deref().unwrap_or("-"),
+                    "a tunnel was cut: {why}"
+                );
+            }
+            Some(format!("the tunnel ended: {error}"))
+        }
+    };
+    end.log(error);
+}
+
+/// The bytes of a tunnel each way until both ends are done: (client to upstream, upstream to client).
+async fn copy_tunnel<U: AsyncRead + AsyncWrite + Unpin>(
+    mut client: Prefixed<ClientStream>,
+    mut upstream: U,
+    masker: Option<&mut TunnelMasker>,
+) -> std::io::Result<(u64, u64)> {
+    let Some(masker) = masker else {
+        return tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     };
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let up = async {
-        tokio::io::copy(&mut client_read, &mut upstream_write).await?;
-        upstream_write.shutdown().await
+        let sent = tokio::io::copy(&mut client_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await?;
+        Ok::<u64, std::io::Error>(sent)
     };
     let down = async {
         let mut read = Zeroizing::new(vec![0u8; TUNNEL_READ]);
         let mut out = Vec::with_capacity(TUNNEL_READ);
+        let mut received = 0u64;
         loop {
             out.clear();
             let n = upstream_read.read(&mut read).await?;
             if n == 0 {
                 masker.finish(&mut out);
                 client_write.write_all(&out).await?;
-                return client_write.shutdown().await;
+                client_write.shutdown().await?;
+                return Ok::<u64, std::io::Error>(received);
             }
+            received += n as u64;
             masker
                 .push(&read[..n], &mut out)
                 .map_err(std::io::Error::other)?;
@@ -869,23 +938,7 @@ async fn tunnel(
             client_write.flush().await?;
         }
     };
-    let ended = tokio::try_join!(up, down);
-    record.redacted = masker.redacted();
-    redact::log_masked(&record);
-    if let Err(error) = ended {
-        match error
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<Unscannable>())
-        {
-            Some(why) => tracing::warn!(
-                sandbox = %record.sandbox,
-                host = record.host.as_deref().unwrap_or("-"),
-                path = record.path.as_deref().unwrap_or("-"),
-                "a tunnel was cut: {why}"
-            ),
-            None => tracing::debug!(%error, "a masked tunnel ended with an error"),
-        }
-    }
+    tokio::try_join!(up, down)
 }
 
 fn describe_upstream_error(

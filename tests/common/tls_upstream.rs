@@ -603,7 +603,8 @@ async fn raw_server(listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcc
                 _ => vec!["HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nnot found\n".into()],
             };
             for part in parts {
-                if stream.write_all(part.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+                if stream.write_all(part.as_bytes()).await.is_err() || stream.flush().await.is_err()
+                {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1050,7 +1051,11 @@ async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, greet: Opt
             *b ^= mask[i % 4];
         }
         if let (8, Some(value)) = (opcode, &greet) {
-            payload = [&1000u16.to_be_bytes()[..], format!("bye {value}").as_bytes()].concat();
+            payload = [
+                &1000u16.to_be_bytes()[..],
+                format!("bye {value}").as_bytes(),
+            ]
+            .concat();
         }
         let out = websocket_frame(true, opcode, &payload);
         if io.write_all(&out).await.is_err() || io.flush().await.is_err() || opcode == 8 {
