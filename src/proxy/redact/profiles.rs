@@ -68,6 +68,18 @@ impl Injection<'_> {
     }
 }
 
+/// The secrets `injections` hold.
+fn names_in<'i>(injections: impl Iterator<Item = Injection<'i>>) -> BTreeSet<String> {
+    injections
+        .flat_map(|injection| {
+            injection
+                .secret_names()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 impl ProfileRedaction {
     /// The needles in force; a stream keeps the ones it started with.
     pub fn needles(&self) -> Arc<Needles> {
@@ -86,28 +98,16 @@ impl ProfileRedaction {
 
     /// Every secret its integrations inject.
     fn secret_names(&self) -> BTreeSet<String> {
-        self.injections()
-            .flat_map(|injection| {
-                injection
-                    .secret_names()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        names_in(self.injections())
     }
 
     /// The secrets whose forms hold `name`'s value: those injected in one header value with it, and itself
     /// (none when it injects no such secret).
     fn sharing(&self, name: &str) -> BTreeSet<String> {
-        self.injections()
-            .filter(|injection| injection.secret_names().any(|n| n == name))
-            .flat_map(|injection| {
-                injection
-                    .secret_names()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        names_in(
+            self.injections()
+                .filter(|injection| injection.secret_names().any(|n| n == name)),
+        )
     }
 
     /// The forms of secret `name`, with each secret's value from `value`; `None` when it has none.
