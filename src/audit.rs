@@ -116,6 +116,21 @@ impl Record {
         self.verdict = verdict;
         self.error = error;
     }
+
+    /// Says in the daemon's log that the request's response had secrets masked, if it had: which
+    /// integration, host and path, and how many (never what).
+    pub fn log_redacted(&self) {
+        if self.redacted > 0 {
+            tracing::warn!(
+                sandbox = %self.sandbox,
+                integration = self.integration.as_deref().unwrap_or("-"),
+                host = self.host.as_deref().unwrap_or("-"),
+                path = self.path.as_deref().unwrap_or("-"),
+                masked = self.redacted,
+                "a response gave back secrets the daemon holds; the sandbox got them masked"
+            );
+        }
+    }
 }
 
 fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -40,6 +42,12 @@ pub struct Integration {
 pub struct BasicAuth {
     pub username: Template,
     pub password: Template,
+}
+
+/// The `Authorization` value of basic auth (RFC 7617) for `user` and `password`: what the proxy sends, and
+/// what redaction masks.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
 }
 
 #[derive(Deserialize)]

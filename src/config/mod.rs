@@ -19,7 +19,7 @@ mod templates;
 
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
-pub use integrations::{BasicAuth, Integration};
+pub use integrations::{basic_credentials, BasicAuth, Integration};
 pub use profiles::{Egress, Profile, ProfileError, UserMatcher};
 pub use secrets::{SecretDef, SecretSource, SecretValue, Secrets};
 pub use syntax::{ConfigError, Location};

@@ -31,11 +31,11 @@ use crate::config::Integration;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::http2;
 use crate::proxy::policy::{self, MAX_HEADER_BYTES};
-use crate::proxy::redact::messages::{self, Redacted};
-use crate::proxy::redact::tunnel::{TunnelMasker, Unscannable};
-use crate::proxy::redact::{self, Masker, Needles};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
+use crate::redact::messages::{self, Redacted};
+use crate::redact::tunnel::{TunnelMasker, Unscannable};
+use crate::redact::{Masker, Needles};
 use crate::sandbox::live::Sandbox;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -112,7 +112,7 @@ impl TunnelEnd {
         if let Some(masker) = &self.masker {
             self.record.redacted += masker.redacted();
         }
-        redact::log_masked(&self.record);
+        self.record.log_redacted();
         let verdict = if error.is_some() {
             Verdict::Error
         } else {
@@ -738,7 +738,7 @@ impl Intercept {
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 record.redacted = masked_in_head + masked_in_body.load(Ordering::Relaxed);
-                redact::log_masked(&record);
+                record.log_redacted();
                 if record.bytes_down >= BULK_RESPONSE_BYTES {
                     bulk.store(true, Ordering::Relaxed);
                 }

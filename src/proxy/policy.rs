@@ -5,11 +5,9 @@
 //! limits), and which headers it gets (the integration's, with the secrets in them). And: may a request go
 //! again when its connection failed (idempotent methods).
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Integration, MissingSecret, Secrets};
+use crate::config::{basic_credentials, Integration, MissingSecret, Secrets};
 
 /// AWS Signature Version 4: for an AWS integration, the signature is what is injected.
 pub mod sigv4;
@@ -141,11 +139,6 @@ pub fn inject(
         headers.insert(header::AUTHORIZATION, value);
     }
     Ok(())
-}
-
-/// The `Authorization` value of basic auth (RFC 7617): what `inject` sends, and what redaction masks.
-pub fn basic_credentials(user: &str, password: &str) -> String {
-    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
 }
 
 /// Whether sending a request twice has the effect of sending it once (RFC 9110 §9.2.2): such a request

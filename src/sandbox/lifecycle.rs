@@ -22,7 +22,7 @@ use crate::kernel::host_addresses;
 use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::kernel::nft::{self, SandboxElements};
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
-use crate::proxy::redact::profiles::Redactions;
+use crate::redact::profiles::Redactions;
 use crate::sandbox::ca::SandboxCa;
 use crate::sandbox::init::{self, InitSpec, EXIT_NO_SANDBOX};
 use crate::sandbox::live::{Caller, Registry, Resolved, Sandbox, Stats};

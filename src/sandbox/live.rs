@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::config::{Egress, Integration, Profile, Secrets};
 use crate::protocol::SandboxInfo;
-use crate::proxy::redact::profiles::ProfileRedaction;
+use crate::redact::profiles::ProfileRedaction;
 use crate::sandbox::ca::SandboxCa;
 use crate::sandbox::pool::Slot;
 

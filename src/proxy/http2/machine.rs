@@ -28,8 +28,8 @@ use super::response_head::{self, Rewrite};
 use super::scope::Scope;
 use crate::audit::{Record, Verdict};
 use crate::proxy::policy::{self, is_idempotent, MAX_HEADER_BYTES};
-use crate::proxy::redact::{self, Masker};
 use crate::proxy::workers::InFlight;
+use crate::redact::{self, Masker};
 
 /// The largest frame the relay lets either peer send it: each is told this or less.
 const MAX_FRAME: u32 = 65_536;
@@ -1177,7 +1177,7 @@ fn finish(scope: &mut Scope, exchange: Exchange, error: Option<String>) {
     record.bytes_down = exchange.bytes_down;
     record.redacted =
         exchange.masked_in_heads + exchange.masker.as_ref().map_or(0, Masker::redacted);
-    redact::log_masked(&record);
+    record.log_redacted();
     let complete = exchange.status.is_some() && !exchange.response_open;
     let (verdict, error) = if complete {
         (Verdict::Injected, None)

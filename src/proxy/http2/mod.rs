@@ -11,7 +11,7 @@
 //! - response header blocks pass as they came, decoded to follow the upstream's table and read the status
 //!   for the audit record; with redaction (the default), every field is read, and a block with a secret in
 //!   it is written again masked (`response_head`); a response in a content coding is refused with 502;
-//! - response DATA passes through the exchange's masker (`proxy::redact`), which holds back only the bytes
+//! - response DATA passes through the exchange's masker (`redact`), which holds back only the bytes
 //!   that could still begin a secret: a frame may come out shorter (or not at all, until the next), the
 //!   upstream gets back the window of what never reaches the client (padding, bytes held when a stream is
 //!   reset);

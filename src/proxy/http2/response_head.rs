@@ -8,8 +8,8 @@
 use std::ops::Range;
 
 use super::hpack::{self, Decoder, HpackError, Literal, Representation};
-use crate::proxy::redact::messages::codings;
-use crate::proxy::redact::Needles;
+use crate::redact::messages::codings;
+use crate::redact::Needles;
 
 /// `:status` in the static table: the name of the status field of an answer the relay writes.
 const STATUS_NAME: usize = 8;

@@ -11,7 +11,7 @@ use super::hpack;
 use crate::audit::{PolledLog, Record};
 use crate::config::{Integration, Secrets};
 use crate::proxy::policy;
-use crate::proxy::redact::profiles::ProfileRedaction;
+use crate::redact::profiles::ProfileRedaction;
 
 /// What the relay needs to know about the connection it serves, and where its audit records go.
 pub struct Scope {

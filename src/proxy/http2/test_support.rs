@@ -19,7 +19,7 @@ use super::machine::TABLE_SIZE;
 use super::{handshake, hpack, relay, Injected, Scope};
 use crate::audit::{Kind, PolledLog, Record, Verdict};
 use crate::config::{Config, Secrets};
-use crate::proxy::redact::profiles::{ProfileRedaction, Redactions};
+use crate::redact::profiles::{ProfileRedaction, Redactions};
 
 pub(super) const SNI: &str = "api.test";
 pub(super) const SECRET: &str = "Bearer s3cret-value";

@@ -81,8 +81,6 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::audit::Record;
-
 pub mod messages;
 pub mod profiles;
 pub mod tunnel;
@@ -601,21 +599,6 @@ impl Masker {
     fn clear_held(&mut self) {
         self.held.as_mut_slice().zeroize();
         self.held.clear();
-    }
-}
-
-/// Says in the daemon's log that a request's response had secrets masked, if it had: which integration,
-/// host and path, and how many (never what).
-pub fn log_masked(record: &Record) {
-    if record.redacted > 0 {
-        tracing::warn!(
-            sandbox = %record.sandbox,
-            integration = record.integration.as_deref().unwrap_or("-"),
-            host = record.host.as_deref().unwrap_or("-"),
-            path = record.path.as_deref().unwrap_or("-"),
-            masked = record.redacted,
-            "a response gave back secrets the daemon holds; the sandbox got them masked"
-        );
     }
 }
 

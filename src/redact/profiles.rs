@@ -16,8 +16,7 @@ use std::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{Forms, Needles, NeedlesError, Redaction};
-use crate::config::{BasicAuth, Integration, Secrets, Template};
-use crate::proxy::policy::basic_credentials;
+use crate::config::{basic_credentials, BasicAuth, Integration, Secrets, Template};
 
 /// What the sandboxes started with one list of integrations and one set of secrets (a profile, as one
 /// config had it) mask.

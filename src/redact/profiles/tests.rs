@@ -178,7 +178,7 @@ fn a_value_too_long_to_mask_is_refused_and_changes_nothing() {
     let openai = redactions
         .for_sandbox(&integrations(&["openai"]), &loaded())
         .unwrap();
-    let long = "x".repeat(crate::proxy::redact::MAX_NEEDLE + 1);
+    let long = "x".repeat(crate::redact::MAX_NEEDLE + 1);
     let error = redactions
         .value_changed("openai", &long, Some(OPENAI), Instant::now())
         .unwrap_err();
