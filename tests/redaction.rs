@@ -15,12 +15,13 @@ use common::*;
 use serde_json::Value;
 
 /// One value the daemon injects that an upstream can give back: the host it goes to, the request header
-/// that carries it, and the value as injected. A new kind of secret (minted tokens) is one more row in
-/// [`injected`].
+/// that carries it, the value as injected and the secret's own value. A new kind of secret (minted tokens)
+/// is one more row in [`injected`]; [`secret_forms`] follows.
 struct Injected {
     host: &'static str,
     header: &'static str,
     value: String,
+    secret: String,
 }
 
 /// Every value the default profile injects, with its host and header.
@@ -30,28 +31,33 @@ fn injected(up: &TlsUpstream) -> Vec<Injected> {
             host: API_HOST,
             header: "authorization",
             value: format!("Bearer {}", up.secret),
+            secret: up.secret.clone(),
         },
         Injected {
             host: API_HOST,
             header: "x-api-key",
             value: up.secret.clone(),
+            secret: up.secret.clone(),
         },
         Injected {
             host: BASIC_HOST,
             header: "authorization",
             value: up.basic_authorization(),
+            secret: up.basic_secret.clone(),
         },
     ]
 }
 
-/// Every form in which a secret may come back in these tests: the values as injected, the raw secrets and
-/// basic auth's credentials without their scheme.
+/// Every form in which a secret may come back in these tests: the values as injected, without their
+/// scheme (basic auth's base64 credentials alone), and the secrets themselves.
 fn secret_forms(up: &TlsUpstream) -> Vec<String> {
-    let mut forms: Vec<String> = injected(up).into_iter().map(|i| i.value).collect();
-    let basic = up.basic_authorization();
-    forms.push(basic["Basic ".len()..].to_string());
-    forms.push(up.secret.clone());
-    forms.push(up.basic_secret.clone());
+    let mut forms = Vec::new();
+    for injected in injected(up) {
+        if let Some((_, credentials)) = injected.value.split_once(' ') {
+            forms.push(credentials.to_string());
+        }
+        forms.extend([injected.value, injected.secret]);
+    }
     forms
 }
 
