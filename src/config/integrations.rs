@@ -1,6 +1,7 @@
-//! `[[integration]]`: which hosts get which headers, and whether their responses are scanned for secrets
-//! (`redact`). An integration is checked whole, when the config is read: its header names, its templates
-//! and the secrets they name, so that a request never meets one that cannot be injected.
+//! `[[integration]]`: which hosts get which headers, or an AWS signature (`aws_sigv4`), and whether their
+//! responses are scanned for secrets (`redact`). An integration is checked whole, when the config is read:
+//! its header names, its templates and the secrets they name, its signing part, so that a request never
+//! meets one that cannot be injected.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::aws_sigv4::{AwsSigV4, RawAwsSigV4};
 use super::hosts::HostPattern;
 use super::secrets::SecretDef;
 use super::syntax::{ConfigError, Source};
@@ -27,6 +29,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers the AWS signature sets (`aws_sigv4`): an integration that signs cannot set them too.
+const SIGNATURE_HEADERS: &[&str] = &[
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Integration {
     pub name: String,
@@ -34,6 +44,8 @@ pub struct Integration {
     /// Header names as written in the config (HTTP header names are case-insensitive).
     pub headers: BTreeMap<String, Template>,
     pub basic_auth: Option<BasicAuth>,
+    /// Each request is signed with these credentials (the client's signature removed).
+    pub aws_sigv4: Option<AwsSigV4>,
     /// Whether its hosts' responses are scanned for secrets and masked (`redact`, default true).
     pub redact: bool,
 }
@@ -58,6 +70,7 @@ pub(super) struct RawIntegration {
     #[serde(default)]
     headers: BTreeMap<Spanned<String>, Spanned<String>>,
     basic_auth: Option<RawBasicAuth>,
+    aws_sigv4: Option<Spanned<RawAwsSigV4>>,
     #[serde(default = "redact_by_default")]
     redact: bool,
 }
@@ -107,17 +120,38 @@ impl RawIntegration {
                     format!("integration \"{name}\" sets header \"{header}\" and basic_auth, which also sets it; keep one"),
                 ));
             }
+            // Other headers may go with a signature: API Gateway wants an x-api-key beside IAM's.
+            if self.aws_sigv4.is_some()
+                && SIGNATURE_HEADERS
+                    .iter()
+                    .any(|signed| header.eq_ignore_ascii_case(signed))
+            {
+                return Err(src.at(
+                    span,
+                    format!("integration \"{name}\" sets header \"{header}\", which its aws_sigv4 signature sets; remove it"),
+                ));
+            }
             headers.insert(header, template(src, value, secrets)?);
         }
+        let aws_sigv4 = match self.aws_sigv4 {
+            Some(raw) if self.basic_auth.is_some() => {
+                return Err(src.at(
+                    raw.span(),
+                    format!("integration \"{name}\" has basic_auth and aws_sigv4, which both set Authorization; keep one"),
+                ))
+            }
+            Some(raw) => Some(raw.into_inner().validate(src, &self.hosts, secrets)?),
+            None => None,
+        };
         let basic_auth = match self.basic_auth {
             Some(auth) => Some(BasicAuth {
                 username: template(src, auth.username, secrets)?,
                 password: template(src, auth.password, secrets)?,
             }),
-            None if headers.is_empty() => {
+            None if headers.is_empty() && aws_sigv4.is_none() => {
                 return Err(src.at(
                     name_span,
-                    format!("integration \"{name}\" injects nothing; give it headers = {{ ... }} or basic_auth = {{ ... }}"),
+                    format!("integration \"{name}\" injects nothing; give it headers = {{ ... }}, basic_auth = {{ ... }} or aws_sigv4 = {{ ... }}"),
                 ))
             }
             None => None,
@@ -127,6 +161,7 @@ impl RawIntegration {
             hosts: self.hosts.into_inner(),
             headers,
             basic_auth,
+            aws_sigv4,
             redact: self.redact,
         })
     }

@@ -5,10 +5,12 @@
 //! A file per table, or per kind of value that tables hold, each with its TOML shape and its checks and
 //! each using only the files named before it: `syntax` (what every table shares: errors that point into
 //! the file, names, absolute paths), `daemon` (`[daemon]`), `secrets` (`[secrets]`, and reading their
-//! values), `hosts` (host patterns), `templates` (header values with `${secret:NAME}`), `integrations`
-//! (`[[integration]]`), `profiles` (`[[profile]]`, and choosing a caller's). Here, on top: the file whole,
-//! the checks between tables (the integrations a profile lists), and `Current`, the config in force.
+//! values), `hosts` (host patterns), `templates` (header values with `${secret:NAME}`), `aws_sigv4` (an
+//! integration's AWS signing credentials), `integrations` (`[[integration]]`), `profiles` (`[[profile]]`,
+//! and choosing a caller's). Here, on top: the file whole, the checks between tables (the integrations a
+//! profile lists), and `Current`, the config in force.
 
+mod aws_sigv4;
 mod daemon;
 mod hosts;
 mod integrations;
@@ -17,6 +19,7 @@ mod secrets;
 mod syntax;
 mod templates;
 
+pub use aws_sigv4::{is_aws_scope_name, AwsSigV4};
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
 pub use integrations::{basic_credentials, BasicAuth, Integration};
