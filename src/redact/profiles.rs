@@ -1,5 +1,5 @@
-//! What each sandbox masks: every secret its profile's integrations inject, in every form it is injected in
-//! ([`ProfileRedaction`]), built when a sandbox starts, never per request; and the daemon's registry of them
+//! What each sandbox masks: every secret its profile's integrations inject (or hold: an AWS secret access
+//! key), in every form it is injected in ([`ProfileRedaction`]), built when a sandbox starts, never per request; and the daemon's registry of them
 //! ([`Redactions`]), which shares one between the sandboxes started with the same integrations and secrets
 //! (500 sandboxes of one profile hold one automaton) and keeps them all up to date when a secret's value
 //! changes ([`Redactions::value_changed`], the call the secrets the daemon mints make).
@@ -37,21 +37,27 @@ impl fmt::Debug for ProfileRedaction {
     }
 }
 
-/// One header value an integration injects.
+/// One value an integration sends or holds for its requests.
 enum Injection<'i> {
     Header(&'i Template),
     Basic(&'i BasicAuth),
+    /// A secret of `aws_sigv4`, named: the session token goes as it is (`x-amz-security-token`), the secret
+    /// access key never does, but both are the daemon's to keep.
+    Aws(&'i str),
 }
 
 impl Injection<'_> {
     fn secret_names(&self) -> impl Iterator<Item = &str> {
-        let (first, second) = match self {
-            Injection::Header(template) => (*template, None),
-            Injection::Basic(basic) => (&basic.username, Some(&basic.password)),
+        let (templates, held) = match self {
+            Injection::Header(template) => ([Some(*template), None], None),
+            Injection::Basic(basic) => ([Some(&basic.username), Some(&basic.password)], None),
+            Injection::Aws(name) => ([None, None], Some(*name)),
         };
-        first
-            .secret_names()
-            .chain(second.into_iter().flat_map(Template::secret_names))
+        templates
+            .into_iter()
+            .flatten()
+            .flat_map(Template::secret_names)
+            .chain(held)
     }
 
     /// The value as injected, with each secret's value from `value`; `None` when one has none.
@@ -63,6 +69,7 @@ impl Injection<'_> {
                 let password = Zeroizing::new(basic.password.render_with(value).ok()?);
                 Some(Zeroizing::new(basic_credentials(&user, &password)))
             }
+            Injection::Aws(name) => value(name).map(|held| Zeroizing::new(held.to_string())),
         }
     }
 }
@@ -92,6 +99,11 @@ impl ProfileRedaction {
                 .values()
                 .map(Injection::Header)
                 .chain(integration.basic_auth.iter().map(Injection::Basic))
+                .chain(integration.aws_sigv4.iter().flat_map(|aws| {
+                    std::iter::once(aws.secret_access_key.as_str())
+                        .chain(aws.session_token.as_deref())
+                        .map(Injection::Aws)
+                }))
         })
     }
 

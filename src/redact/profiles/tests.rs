@@ -9,6 +9,8 @@ const CONFIG: &str = r#"
 openai = { env = "SBX_TEST_NEVER_SET" }
 stripe = { env = "SBX_TEST_NEVER_SET" }
 org = { env = "SBX_TEST_NEVER_SET" }
+aws_key = { env = "SBX_TEST_NEVER_SET" }
+aws_token = { env = "SBX_TEST_NEVER_SET" }
 
 [[integration]]
 name = "openai"
@@ -22,6 +24,11 @@ basic_auth = { username = "${secret:stripe}", password = "" }
 redact = false
 
 [[integration]]
+name = "aws"
+hosts = ["bedrock-runtime.us-east-1.amazonaws.com"]
+aws_sigv4 = { access_key_id = "AKIAEXAMPLE", secret_access_key = "aws_key", session_token = "aws_token" }
+
+[[integration]]
 name = "plain"
 hosts = ["plain.example.com"]
 headers = { X-Team = "blue" }
@@ -30,6 +37,8 @@ headers = { X-Team = "blue" }
 const OPENAI: &str = "sk-openai-0123456789";
 const STRIPE: &str = "sk_live_stripe_abcdef";
 const ORG: &str = "org-1234567890";
+const AWS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+const AWS_TOKEN: &str = "IQoJb3JpZ2luX2VjEXAMPLETOKEN";
 
 fn integrations(names: &[&str]) -> Vec<Integration> {
     let config = Config::parse(CONFIG, Path::new("t.toml")).unwrap();
@@ -51,6 +60,8 @@ fn loaded() -> Arc<Secrets> {
         ("openai", OPENAI),
         ("stripe", STRIPE),
         ("org", ORG),
+        ("aws_key", AWS_KEY),
+        ("aws_token", AWS_TOKEN),
     ]))
 }
 
@@ -201,4 +212,18 @@ fn a_value_too_long_to_mask_is_refused_and_changes_nothing() {
         &Arc::new(Secrets::of(&[("stripe", &long)])),
     );
     assert!(refused.is_err());
+}
+
+#[test]
+fn an_aws_integrations_secret_key_and_session_token_are_masked() {
+    let profile = Redactions::default()
+        .for_sandbox(&integrations(&["aws"]), &loaded())
+        .unwrap();
+    assert!(masks(&profile, &format!("{{\"key\": \"{AWS_KEY}\"}}")));
+    assert!(masks(
+        &profile,
+        &format!("x-amz-security-token: {AWS_TOKEN}")
+    ));
+    // The access key id is no secret: every signature carries it.
+    assert!(!masks(&profile, "Credential=AKIAEXAMPLE/20250101"));
 }
