@@ -118,6 +118,9 @@ fn scope(queue: mpsc::Sender<Record>, counted: Arc<AtomicUsize>) -> Scope {
             names: vec!["authorization".into()],
             block,
         }),
+        // Responses pass unmasked (`redact = false`), as the checks below expect: the secret may reach the
+        // client when a peer sent it. The matcher is fuzzed by the `redaction` target.
+        redaction: None,
         record: Record {
             time: SystemTime::UNIX_EPOCH,
             sandbox: "fuzz".into(),
@@ -137,6 +140,7 @@ fn scope(queue: mpsc::Sender<Record>, counted: Arc<AtomicUsize>) -> Scope {
             verdict: Verdict::Passed,
             error: None,
             retries: 0,
+            redacted: 0,
         },
         log: PolledLog::new(queue),
         counted: Box::new(move |_| {

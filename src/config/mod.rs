@@ -22,7 +22,7 @@ mod templates;
 pub use aws_sigv4::{is_aws_scope_name, AwsSigV4};
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
-pub use integrations::{BasicAuth, Integration};
+pub use integrations::{basic_credentials, BasicAuth, Integration};
 pub use profiles::{Egress, Profile, ProfileError, UserMatcher};
 pub use secrets::{SecretDef, SecretSource, SecretValue, Secrets};
 pub use syntax::{ConfigError, Location};

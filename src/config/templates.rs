@@ -80,16 +80,22 @@ impl Template {
     }
 
     pub fn render(&self, secrets: &Secrets) -> Result<String, MissingSecret> {
+        self.render_with(|name| secrets.get(name).map(|value| value.expose()))
+    }
+
+    /// As [`Template::render`], with each secret's value from `value` (redaction renders the values a
+    /// secret is injected in with the value it is changing to, or from).
+    pub fn render_with<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, MissingSecret> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Secret(name) => out.push_str(
-                    secrets
-                        .get(name)
-                        .ok_or_else(|| MissingSecret(name.clone()))?
-                        .expose(),
-                ),
+                Part::Secret(name) => {
+                    out.push_str(value(name).ok_or_else(|| MissingSecret(name.clone()))?)
+                }
             }
         }
         Ok(out)

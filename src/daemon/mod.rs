@@ -26,6 +26,7 @@ use crate::proxy::context::ProxyContext;
 use crate::proxy::upstream::{self, Upstreams};
 use crate::proxy::workers::Workers;
 use crate::proxy::{dns, listener, tcp_relay, tls_router};
+use crate::redact::profiles::Redactions;
 use crate::sandbox::lifecycle::{SandboxNetwork, Sandboxes, GRACE};
 use crate::sandbox::live::Registry;
 use crate::sandbox::pool::AddressPool;
@@ -166,9 +167,12 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let current = Arc::new(Current::new(config.clone(), Arc::new(loaded.secrets)));
     let registry = Arc::new(Registry::default());
+    // Minted secrets tell it of each new value (`Redactions::value_changed`).
+    let redactions = Arc::new(Redactions::default());
     let sandboxes = Arc::new(Sandboxes::new(
         current.clone(),
         registry.clone(),
+        redactions,
         pool,
         netlink,
         SandboxNetwork {

@@ -22,6 +22,7 @@ use crate::kernel::host_addresses;
 use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::kernel::nft::{self, SandboxElements};
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
+use crate::redact::profiles::Redactions;
 use crate::sandbox::ca::SandboxCa;
 use crate::sandbox::init::{self, InitSpec, EXIT_NO_SANDBOX};
 use crate::sandbox::live::{Caller, Registry, Resolved, Sandbox, Stats};
@@ -63,6 +64,8 @@ pub struct SandboxNetwork {
 pub struct Sandboxes {
     current: Arc<Current>,
     registry: Arc<Registry>,
+    /// What each sandbox's responses are masked with, shared between sandboxes given the same.
+    redactions: Arc<Redactions>,
     id_salt: u32,
     next_id: AtomicU32,
     pool: Mutex<AddressPool>,
@@ -77,9 +80,11 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         current: Arc<Current>,
         registry: Arc<Registry>,
+        redactions: Arc<Redactions>,
         pool: AddressPool,
         netlink: Netlink,
         network: SandboxNetwork,
@@ -93,6 +98,7 @@ impl Sandboxes {
         Sandboxes {
             current,
             registry,
+            redactions,
             id_salt,
             next_id: AtomicU32::new(0),
             pool: Mutex::new(pool),
@@ -229,13 +235,23 @@ impl Sandboxes {
         let stdio: [OwnedFd; 3] = fds.try_into().map_err(|_| {
             SetupError::Refused("the request must carry stdin, stdout and stderr".into())
         })?;
+        let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
+        // Before anything is made: a sandbox whose secrets could not be masked must not start.
+        let redaction = self
+            .redactions
+            .for_sandbox(&integrations, &secrets)
+            .map_err(|error| {
+                SetupError::Refused(format!(
+                    "the secrets of profile {:?} cannot be masked in responses: {error}",
+                    profile.name
+                ))
+            })?;
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.allocate()
                 .ok_or_else(|| SetupError::PoolExhausted(self.registry.len()))?
         };
         let id = self.new_id();
-        let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
         let permitted: Vec<String> = integrations
             .iter()
             .flat_map(|integration| integration.hosts.iter().map(|host| host.to_string()))
@@ -262,6 +278,7 @@ impl Sandboxes {
                     profile,
                     integrations,
                     secrets,
+                    redaction,
                     ca,
                     pid,
                     command,
