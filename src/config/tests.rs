@@ -131,7 +131,7 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
     assert_eq!(openai.hosts, [HostPattern::Exact("api.openai.com".into())]);
     assert!(openai.basic_auth.is_none());
     assert!(stripe.headers.is_empty());
-    let profile = config.select_profile(None, "anyone", &[]).unwrap();
+    let profile = config.select_profile(None, 1000, "anyone", &[]).unwrap();
     assert_eq!(profile.name, "default");
     assert_eq!(
         config

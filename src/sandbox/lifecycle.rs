@@ -218,6 +218,7 @@ impl Sandboxes {
         let profile = config
             .select_profile(
                 request.profile.as_deref(),
+                caller.uid,
                 &caller.user,
                 &caller.group_names,
             )
