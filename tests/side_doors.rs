@@ -4,7 +4,273 @@
 
 mod common;
 
+use std::time::Duration;
+
+use common::side_doors::*;
 use common::*;
+use serde_json::{json, Value};
+
+/// Tries every way to a host Unix socket it is given (JSON in argv[1]) and prints one JSON object: for
+/// each way, "reached" or the errno's name. Waits for a line on stdin before trying the socket the host
+/// makes after the sandbox started.
+const PROBE: &str = r#"
+import ctypes, errno, json, os, socket, struct, subprocess, sys, threading, time
+a = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+
+def name(e):
+    return errno.errorcode.get(e, str(e))
+
+def attempt(what, fn):
+    try:
+        fn()
+        out[what] = "reached"
+    except OSError as e:
+        out[what] = name(e.errno)
+
+def stream(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect(path)
+    finally:
+        s.close()
+
+def raw(path):
+    return struct.pack("H", socket.AF_UNIX) + path.encode().ljust(108, b"\0")
+
+attempt("existing", lambda: stream(a["existing"]))
+attempt("datagram", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", a["datagram"]))
+def sendmsg_datagram():
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendmsg([b"x"], [], 0, a["datagram"])
+attempt("datagram sendmsg", sendmsg_datagram)
+link = os.path.join(a["own_dir"], "link.sock")
+os.symlink(a["existing"], link)
+attempt("symlink", lambda: stream(link))
+fd = os.open(a["existing"], os.O_PATH)
+attempt("o_path", lambda: stream("/proc/self/fd/%d" % fd))
+os.chdir(os.path.dirname(a["existing"]))
+attempt("relative", lambda: stream(os.path.basename(a["existing"])))
+attempt("abstract", lambda: stream("\0" + a["abstract"]))
+
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+address = ctypes.create_string_buffer(raw(a["existing"]), 110)
+got = libc.syscall(ctypes.c_long(0x40000000 | 42), ctypes.c_long(s.fileno()), address, ctypes.c_long(110))
+out["x32"] = "reached" if got == 0 else name(ctypes.get_errno())
+params = ctypes.create_string_buffer(120)
+got = libc.syscall(ctypes.c_long(425), ctypes.c_long(8), params)
+out["io_uring_setup"] = "set up" if got >= 0 else name(ctypes.get_errno())
+if a["connect32"]:
+    status = subprocess.run([a["connect32"], a["existing"]]).returncode
+    out["i386"] = {0: "refused", 1: "reached (connect)", 2: "reached (socketcall)", 3: "reached (both)"}.get(status, "exit %d" % status)
+
+# Races: one thread connects while another rewrites the address between the sandbox's own socket and the
+# host's, or swaps the descriptor between a TCP socket and a Unix one.
+own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+own.bind(os.path.join(a["own_dir"], "own.sock"))
+own.listen(128)
+def accept():
+    while True:
+        own.accept()[0].close()
+threading.Thread(target=accept, daemon=True).start()
+def race(swap, fd_of):
+    stop = time.monotonic() + 1.5
+    t = threading.Thread(target=lambda: [swap() for _ in iter(lambda: time.monotonic() < stop, False)])
+    t.start()
+    calls = 0
+    while time.monotonic() < stop:
+        libc.connect(fd_of(), address, 110)
+        calls += 1
+    t.join()
+    return calls
+buffers = [raw(os.path.join(a["own_dir"], "own.sock")), raw(a["existing"])]
+def rewrite():
+    ctypes.memmove(address, buffers[1], 110)
+    ctypes.memmove(address, buffers[0], 110)
+sockets = []
+def fresh():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(s)
+    if len(sockets) > 64:
+        sockets.pop(0).close()
+    return s.fileno()
+out["memory race calls"] = race(rewrite, fresh)
+ctypes.memmove(address, buffers[1], 110)
+tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def swap():
+    libc.dup2(unix.fileno(), 200)
+    libc.dup2(tcp.fileno(), 200)
+out["descriptor race calls"] = race(swap, lambda: 200)
+
+print("ready", flush=True)
+sys.stdin.readline()
+attempt("later", lambda: stream(a["later"]))
+print(json.dumps(out), flush=True)
+"#;
+
+/// A sandbox of an egress "deny" profile tries every way to host Unix sockets: one a root service made
+/// before it started (0777 in /tmp), one made after, a datagram socket, through a symbolic link, an O_PATH
+/// descriptor or a relative name, as a 32-bit (i386) program, with x32's numbers, through io_uring, by
+/// racing the address in its memory or the descriptor in its table against the check, and a host's
+/// abstract socket. None reaches one.
+#[test]
+fn host_unix_sockets_are_out_of_reach() {
+    if skip_unless_privileged_with(&["python3"]) {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+    let host = TempDir::new("host-sockets", 0o755);
+    let existing = HostUnixSocket::stream(&host.join("service.sock"), 0o777, None);
+    let datagram = HostUnixSocket::datagram(&host.join("log.sock"));
+    let abstract_name = format!("sbx-e2e-{}-abstract", net.suffix);
+    let _abstract = abstract_listener(&net.h, &abstract_name);
+    let tools = TempDir::new("connect32", 0o755);
+    let connect32 = i386_connect_program(tools.path());
+    if connect32.is_none() {
+        eprintln!("no gcc -m32: the 32-bit program is not tried");
+    }
+    let own_dir = TempDir::new("own", 0o777);
+    let later_path = host.join("later.sock");
+    let args = json!({
+        "existing": existing.path,
+        "datagram": datagram.path,
+        "abstract": abstract_name,
+        "own_dir": own_dir.path(),
+        "later": later_path,
+        "connect32": connect32,
+    })
+    .to_string();
+    let mut running = d
+        .exec(&user)
+        .profile("locked")
+        .args(["python3", "-c", PROBE, &args])
+        .stdin_piped()
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    running.wait_for_line("ready");
+    let later = HostUnixSocket::stream(&later_path, 0o777, None);
+    running.write_stdin(b"go\n");
+    let o = running.finish();
+    assert_code(&o, 0);
+    let out: Value = serde_json::from_str(stdout(&o).lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&o)));
+    println!("{out}");
+    for (way, refused) in [
+        ("existing", "EACCES"),
+        ("later", "EACCES"),
+        ("datagram", "EACCES"),
+        ("datagram sendmsg", "EACCES"),
+        ("symlink", "EACCES"),
+        ("o_path", "EACCES"),
+        ("relative", "EACCES"),
+        ("x32", "EACCES"),
+        ("io_uring_setup", "ENOSYS"),
+        // Another network namespace's abstract socket does not exist for the sandbox.
+        ("abstract", "ECONNREFUSED"),
+    ] {
+        assert_eq!(out[way], refused, "{way}: {out}");
+    }
+    if connect32.is_some() {
+        assert_eq!(out["i386"], "refused", "{out}");
+    }
+    for race in ["memory race calls", "descriptor race calls"] {
+        assert!(out[race].as_u64().unwrap_or(0) > 100, "{race}: {out}");
+    }
+    assert_eq!(existing.reached(), [], "the socket made before the sandbox");
+    assert_eq!(
+        later.reached(),
+        [],
+        "the socket made after the sandbox started"
+    );
+    assert_eq!(datagram.reached(), [], "the datagram socket");
+    d.finish();
+}
+
+/// Serves a Unix socket of its own in the sandbox's /tmp, connects to it and to the host sockets it is
+/// given (argv[1]: JSON {"listed", "unlisted"}), and prints what each gave: the line read or the errno.
+const OWN_AND_LISTED: &str = r#"
+import errno, json, os, socket, sys, tempfile, threading
+a = json.loads(sys.argv[1])
+out = {}
+def read_line(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        return s.makefile().readline().strip()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+own = os.path.join(tempfile.mkdtemp(), "own.sock")
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(own)
+server.listen(1)
+def serve():
+    c, _ = server.accept()
+    c.sendall(b"own\n")
+    c.close()
+threading.Thread(target=serve, daemon=True).start()
+out["own"] = read_line(own)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+d.bind(own + ".dgram")
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"x", own + ".dgram")
+out["own datagram"] = d.recv(8).decode()
+out["listed"] = read_line(a["listed"])
+out["unlisted"] = read_line(a["unlisted"])
+print(json.dumps(out), flush=True)
+"#;
+
+/// A profile's `unix_sockets` (with %U) opens those sockets and no other, and the host service sees the
+/// caller's uid, not root's; sockets the command makes itself (in the sandbox's /tmp) work as before.
+/// (On 53ed7b8 `unix_sockets` was an unknown key.)
+#[test]
+fn listed_and_own_unix_sockets_work() {
+    if skip_unless_privileged_with(&["python3"]) {
+        return;
+    }
+    let net = TestNet::new();
+    let user = test_user();
+    let host = TempDir::new("listed-sockets", 0o755);
+    let listed_path = host.join(format!("agent-{}.sock", user.uid));
+    let listed = HostUnixSocket::stream(&listed_path, 0o600, Some((user.uid, user.gid)));
+    let unlisted = HostUnixSocket::stream(&host.join("other.sock"), 0o777, None);
+    let d = net
+        .daemon()
+        .profile_toml(
+            "locked",
+            &format!(
+                "unix_sockets = [\"{}/agent-%U.sock\"]",
+                host.path().display()
+            ),
+        )
+        .start();
+    let args = json!({ "listed": listed.path, "unlisted": unlisted.path }).to_string();
+    let o = d
+        .exec(&user)
+        .profile("locked")
+        .args(["python3", "-c", OWN_AND_LISTED, &args])
+        .run();
+    assert_code(&o, 0);
+    let out: Value =
+        serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|e| panic!("{e}: {}", describe(&o)));
+    assert_eq!(
+        out,
+        json!({ "own": "own", "own datagram": "x", "listed": "hello", "unlisted": "EACCES" })
+    );
+    let peers = listed.reached();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(
+        peers[0].uid, user.uid,
+        "the listed socket's peer is the caller"
+    );
+    assert_eq!(unlisted.reached(), []);
+    d.finish();
+}
 
 /// Root without capabilities still reads every root-owned 0600 file of the host, so "*" and "@root" do
 /// not give uid 0 a sandbox: only a profile that names root does, and a refused root is told how to allow

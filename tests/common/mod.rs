@@ -24,6 +24,7 @@ mod leaks;
 mod net;
 mod resolver;
 mod servers;
+pub mod side_doors;
 pub mod tls_upstream;
 mod tools;
 pub mod upstream_processes;
