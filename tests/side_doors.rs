@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::side_doors::*;
 use common::*;
@@ -269,6 +269,124 @@ fn listed_and_own_unix_sockets_work() {
         "the listed socket's peer is the caller"
     );
     assert_eq!(unlisted.reached(), []);
+    d.finish();
+}
+
+/// Connects to the host's own service (argv[1]:8080) every few milliseconds until a line arrives on
+/// stdin, then prints the CLOCK_MONOTONIC times (seconds) at which its banner was read.
+const RETRY_HOST_SERVICE: &str = r#"
+import json, select, socket, sys, time
+reached = []
+print("ready", flush=True)
+while not select.select([sys.stdin], [], [], 0.005)[0]:
+    s = socket.socket()
+    s.settimeout(0.3)
+    try:
+        s.connect((sys.argv[1], 8080))
+        if s.recv(64):
+            reached.append(time.monotonic())
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(json.dumps(reached), flush=True)
+"#;
+
+/// How often the daemon's guard checks the table when it was not told of a change.
+const GUARD_PERIOD: Duration = Duration::from_secs(2);
+
+/// CLOCK_MONOTONIC, which Python's time.monotonic() in the sandbox reads too (no time namespace).
+fn monotonic() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The host flushes the table, flushes its chain, deletes a rule and replaces the first rule with a plain
+/// `return` (as many rules as before, so a guard that counts them misses it), while a sandbox retries the
+/// host's own service. Each time the daemon puts the same table back within the guard's period, and the
+/// sandbox never reaches the service later than that period after a change. (On 53ed7b8 only a deleted
+/// table was noticed; on the guard that counted rules, the replaced rule stayed.)
+#[test]
+fn a_gutted_or_altered_table_is_restored() {
+    if skip_unless_privileged_with(&["python3"]) {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let mut running = d
+        .exec(&test_user())
+        .args(["python3", "-c", RETRY_HOST_SERVICE, &net.h4.to_string()])
+        .stdin_piped()
+        .timeout(Duration::from_secs(60))
+        .spawn();
+    running.wait_for_line("ready");
+    let installed = table_content(&net).expect("the table");
+    let mut changes = Vec::new();
+    for change in ["flush table", "flush chain", "delete rule", "replace rule"] {
+        let handle = |needle| {
+            rule_handle(&net, needle)
+                .unwrap_or_else(|| panic!("no rule with {needle}"))
+                .to_string()
+        };
+        let args: Vec<String> = match change {
+            "flush table" => vec!["flush".into(), "table".into()],
+            "flush chain" => vec!["flush".into(), "chain".into()],
+            "delete rule" => vec!["delete".into(), "rule".into()],
+            _ => vec!["replace".into(), "rule".into()],
+        };
+        let mut args = [args, vec!["inet".into(), "sandbox".into()]].concat();
+        match change {
+            "flush table" => {}
+            "flush chain" => args.push("prerouting".into()),
+            "delete rule" => args.extend(["prerouting".into(), "handle".into(), handle("fib")]),
+            _ => args.extend([
+                "prerouting".into(),
+                "handle".into(),
+                handle("@ifaces"),
+                "return".into(),
+            ]),
+        }
+        let at = monotonic();
+        let started = Instant::now();
+        nft(&net, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let restored = wait_for(GUARD_PERIOD * 3, || {
+            (table_content(&net).as_ref() == Some(&installed)).then(|| started.elapsed())
+        });
+        let Some(window) = restored else {
+            panic!(
+                "{change}: the table was not restored\n{:?}\n{}",
+                table_content(&net),
+                d.logs()
+            );
+        };
+        println!("{change}: restored after {window:?}");
+        assert!(window < GUARD_PERIOD, "{change}: restored after {window:?}");
+        changes.push(at);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    running.write_stdin(b"stop\n");
+    let o = running.finish();
+    assert_code(&o, 0);
+    let reached: Vec<f64> = serde_json::from_str(stdout(&o).lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", describe(&o)));
+    println!("reached the host's service at {reached:?}, changes at {changes:?}");
+    for time in reached {
+        let time = Duration::from_secs_f64(time);
+        assert!(
+            changes
+                .iter()
+                .any(|&at| time >= at && time <= at + GUARD_PERIOD),
+            "reached at {time:?}, not within {GUARD_PERIOD:?} of a change at {changes:?}"
+        );
+    }
     d.finish();
 }
 
