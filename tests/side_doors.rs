@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::certs;
 use common::side_doors::*;
 use common::*;
 use serde_json::{json, Value};
@@ -421,5 +422,91 @@ fn root_gets_a_sandbox_only_where_named() {
     let allowed = d.exec(&root()).profile("rootonly").args(["id", "-u"]).run();
     assert_code(&allowed, 0);
     assert_eq!(stdout(&allowed).trim(), "0");
+    d.finish();
+}
+
+/// Prints, as JSON, whether the file argv[1] is a mount point in this sandbox, and how many certificates
+/// it and the bundle SSL_CERT_FILE names hold.
+const VIEW_OF_BUNDLES: &str = r#"
+import json, os, sys
+victim = sys.argv[1]
+mounts = [line.split()[4] for line in open("/proc/self/mountinfo")]
+def certificates(path):
+    try:
+        return open(path).read().count("BEGIN CERTIFICATE")
+    except OSError:
+        return None
+print(json.dumps({"victim mounted": victim in mounts, "victim": certificates(victim),
+                  "bundle": certificates(os.environ["SSL_CERT_FILE"])}))
+"#;
+
+/// A caller's CA bundle path (SSL_CERT_FILE) that is, or becomes while sandboxes start, a symbolic link
+/// to a root-owned file: the sandbox's CA is added to a real file of the caller's, and never mounted over
+/// the file the link leads to. (On 53ed7b8 the link was followed and the root's file mounted over.)
+#[test]
+fn a_ca_bundle_path_swapped_for_a_symlink_mounts_nothing_outside() {
+    if skip_unless_privileged_with(&["python3"]) {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+    let root_dir = TempDir::new("victim", 0o755);
+    let victim = root_dir.join("victim.conf");
+    // A bundle of root's: a file the caller may read, and whose place nobody but root may take.
+    std::fs::write(&victim, certs::TestCa::new("root's own CA").pem).unwrap();
+    let own = TempDir::new("bundles", 0o755);
+    nix::unistd::chown(own.path(), Some(user.uid.into()), Some(user.gid.into())).unwrap();
+    let bundle = own.join("ca.pem");
+    let real = own.join("real.pem");
+    let caller_ca = certs::TestCa::new("the caller's own CA").pem;
+    std::fs::write(&real, &caller_ca).unwrap();
+    let view = |expect_ca: bool| -> Value {
+        let o = d
+            .exec(&user)
+            .env("SSL_CERT_FILE", &bundle)
+            .args(["python3", "-c", VIEW_OF_BUNDLES])
+            .args([&victim])
+            .run();
+        assert_code(&o, 0);
+        let view: Value = serde_json::from_str(stdout(&o).trim())
+            .unwrap_or_else(|e| panic!("{e}: {}", describe(&o)));
+        assert_eq!(view["victim mounted"], false, "{view}");
+        assert_eq!(view["victim"], 1, "root's file as it is: {view}");
+        if expect_ca {
+            assert_eq!(
+                view["bundle"], 2,
+                "the caller's certificate and the CA: {view}"
+            );
+        }
+        view
+    };
+
+    std::fs::copy(&real, &bundle).unwrap();
+    view(true);
+    std::fs::remove_file(&bundle).unwrap();
+    std::os::unix::fs::symlink(&victim, &bundle).unwrap();
+    view(false);
+
+    // The path flips between the caller's file and the link while sandboxes start.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, bundle, victim) = (stop.clone(), bundle.clone(), victim.clone());
+        let caller_ca = caller_ca.clone();
+        let (file, symlink) = (own.join("flip-file"), own.join("flip-link"));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::write(&file, &caller_ca).unwrap();
+                std::fs::rename(&file, &bundle).unwrap();
+                std::os::unix::fs::symlink(&victim, &symlink).unwrap();
+                std::fs::rename(&symlink, &bundle).unwrap();
+            }
+        })
+    };
+    for _ in 0..6 {
+        view(false);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
     d.finish();
 }

@@ -18,7 +18,7 @@ mod sys;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -617,8 +617,11 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
         return Ok(());
     }
     let scratch = ScratchFs::new()?;
-    for (path, content) in spec.replace.iter().chain(&spec.caller_files) {
+    for (path, content) in &spec.replace {
         scratch.replace(path, &content.0)?;
+    }
+    for (path, content) in &spec.caller_files {
+        scratch.replace_caller_file(path, &content.0)?;
     }
     let mut java_keystore = None;
     for path in &spec.add_ca {
@@ -692,6 +695,55 @@ fn bind_read_only(source: &Path, target: &Path) -> nix::Result<()> {
     )
 }
 
+/// Mounts a read-only clone of `source` (a file) onto `target` (an O_PATH descriptor), with the new mount
+/// API: no path is looked up.
+fn move_read_only_copy(source: BorrowedFd, target: BorrowedFd) -> io::Result<()> {
+    let check = |result: libc::c_long| {
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    // SAFETY: open_tree with a valid descriptor and an empty C string; the new descriptor is owned once.
+    let tree = unsafe {
+        let tree = check(libc::syscall(
+            libc::SYS_open_tree,
+            source.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        ))?;
+        OwnedFd::from_raw_fd(tree as RawFd)
+    };
+    let attributes = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads one mount_attr of the given size; move_mount takes two descriptors and
+    // empty C strings.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attributes as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        ))?;
+    }
+    Ok(())
+}
+
 /// A tmpfs that is mounted nowhere (new mount API): files made in it can be bind-mounted over host
 /// files without ever having a name that another process could see or that could be left behind.
 struct ScratchFs {
@@ -734,18 +786,46 @@ impl ScratchFs {
             return Ok(());
         }
         let what = || format!("replacing {} inside the sandbox", target.display());
+        let file = self.file(target, content).context(what)?;
+        let source = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        bind_read_only(&source, target).context(what)
+    }
+
+    /// `content` in a file of its own, named after `target`.
+    fn file(&self, target: &Path, content: &[u8]) -> io::Result<File> {
         let name = target.to_string_lossy().replace('/', "_");
         let file = nix::fcntl::openat(
             &self.mount,
             name.as_str(),
-            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .context(what)?;
+        )?;
         let mut file = File::from(file);
-        file.write_all(content).context(what)?;
-        let source = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        bind_read_only(&source, target).context(what)
+        file.write_all(content)?;
+        Ok(file)
+    }
+
+    /// Like `replace`, for a path the caller named, which the caller may swap for a symbolic link at any
+    /// moment: the target is opened once without following any (RESOLVE_NO_SYMLINKS), must be a regular
+    /// file, and the read-only copy is moved onto that very file through its descriptor (open_tree,
+    /// mount_setattr, move_mount), never by a path resolved again. A path with a symbolic link in it, or
+    /// no longer a file, is left as it is: the sandbox sees it without the CA.
+    fn replace_caller_file(&self, path: &Path, content: &[u8]) -> Result<(), InitError> {
+        let what = || format!("replacing {} inside the sandbox", path.display());
+        let how = nix::fcntl::OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let target = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+            Ok(target) => target,
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(()),
+            Err(error) => return Err(error).context(what),
+        };
+        let stat = nix::sys::stat::fstat(&target).context(what)?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let file = self.file(path, content).context(what)?;
+        move_read_only_copy(file.as_fd(), target.as_fd()).context(what)
     }
 }
 
