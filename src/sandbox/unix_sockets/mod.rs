@@ -87,6 +87,13 @@ pub fn kernel_support() -> Result<String, String> {
     if own_stdin.is_err() {
         missing.push("pidfd_open and pidfd_getfd (Linux 5.6)");
     }
+    // Yama's modes 2 and 3 refuse pidfd_getfd and process_vm_readv even to an ancestor of the same user.
+    let ptrace_scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope");
+    if ptrace_scope.is_ok_and(|scope| scope.trim().parse::<u8>().is_ok_and(|scope| scope > 1)) {
+        missing.push(
+            "kernel.yama.ptrace_scope 0 or 1 (a sandbox's PID 1 reads its calls as an ancestor)",
+        );
+    }
     if diag::bound_here(diag::BoundFile::none()).is_err() {
         missing.push("Unix socket diagnostics (CONFIG_UNIX_DIAG, module unix_diag)");
     }
