@@ -82,7 +82,8 @@ pub struct InitSpec {
     /// Files whose content the sandbox sees replaced (resolv.conf).
     pub replace: Vec<(PathBuf, Bytes)>,
     /// The caller's CA bundles, with the CA added, that the sandbox sees at the paths the caller named:
-    /// opened as the caller, without following symbolic links, as `sandbox exec` read them.
+    /// each path is opened without following symbolic links, as `sandbox exec` read it, and mounted onto
+    /// through that descriptor (`ScratchFs::replace_caller_file`).
     pub caller_files: Vec<(PathBuf, Bytes)>,
     /// Distribution CA bundles the sandbox sees with `ca_pem` appended. The keeper reads them itself:
     /// they are large, and sending them with every exec would cost more than the sandbox.
