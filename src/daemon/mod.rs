@@ -370,11 +370,13 @@ async fn guard_kernel_state(
                 changes = None;
             },
         }
-        // Live sandboxes first: every one of them had its elements before it was registered.
-        let live = sandboxes.live_elements();
+        // Live sandboxes first: every one of them had its elements before it was registered. One that
+        // ended meanwhile (no longer registered after the read) may have lost them to the reaper.
+        let before = sandboxes.live_elements();
         match nft::read_back().await {
             Ok(state) => {
-                let missing = live.iter().any(|e| {
+                let live = sandboxes.live_elements();
+                let missing = live.iter().filter(|e| before.contains(e)).any(|e| {
                     !state.ifaces.contains(&e.ifname)
                         || !state.src4.contains(&(e.ifname.clone(), e.v4))
                         || e.v6

@@ -16,6 +16,7 @@ use tokio::io::unix::AsyncFd;
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_NEWGEN: u16 = 15;
 const NLMSG_HEADER: usize = 16;
 
@@ -41,9 +42,10 @@ impl Changes {
         Ok(Changes { socket })
     }
 
-    /// Returns once a change that may have taken something from a table was committed, with every change
-    /// already queued read. Added elements do not count: each sandbox start adds its own, and an added
-    /// element opens nothing. Lost notifications (a full receive buffer) count as a change.
+    /// Returns once a change to a table, chain, rule or set was committed, with every change already
+    /// queued read. Elements do not count: each sandbox start adds its own and each end deletes them, and
+    /// listing the table for each would cost every exec a run of `nft` (the guard's period catches an
+    /// element deleted by something else). Lost notifications (a full receive buffer) count as a change.
     pub async fn changed(&mut self) -> io::Result<()> {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut seen = false;
@@ -59,7 +61,7 @@ impl Changes {
             match ready.try_io(|fd| {
                 recv(fd.as_raw_fd(), &mut buffer, MsgFlags::empty()).map_err(io::Error::from)
             }) {
-                Ok(Ok(len)) => seen |= may_take_away(&buffer[..len]),
+                Ok(Ok(len)) => seen |= table_changed(&buffer[..len]),
                 Ok(Err(error)) if error.raw_os_error() == Some(libc::ENOBUFS) => seen = true,
                 Ok(Err(error)) => return Err(error),
                 Err(_would_block) if seen => return Ok(()),
@@ -69,15 +71,18 @@ impl Changes {
     }
 }
 
-/// Whether a datagram of notifications holds one of nf_tables other than an added element or a new
-/// generation (which ends every batch).
-fn may_take_away(datagram: &[u8]) -> bool {
+/// Whether a datagram of notifications holds one of nf_tables other than of elements or a new generation
+/// (which ends every batch).
+fn table_changed(datagram: &[u8]) -> bool {
     let mut rest = datagram;
     while rest.len() >= NLMSG_HEADER {
         let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let kind = u16::from_ne_bytes([rest[4], rest[5]]);
         if kind >> 8 == NFNL_SUBSYS_NFTABLES
-            && !matches!(kind & 0xff, NFT_MSG_NEWSETELEM | NFT_MSG_NEWGEN)
+            && !matches!(
+                kind & 0xff,
+                NFT_MSG_NEWSETELEM | NFT_MSG_DELSETELEM | NFT_MSG_NEWGEN
+            )
         {
             return true;
         }

@@ -8,14 +8,19 @@ fn message(subsystem: u16, kind: u16) -> Vec<u8> {
 }
 
 #[test]
-fn only_what_may_take_something_away_counts() {
-    let added = [message(10, NFT_MSG_NEWSETELEM), message(10, NFT_MSG_NEWGEN)].concat();
-    assert!(!may_take_away(&added));
-    // A deleted rule (8) at the end of a batch, a deleted element (14), a replaced rule (6).
-    for kind in [8, 14, 6] {
-        assert!(may_take_away(&[added.clone(), message(10, kind)].concat()));
+fn only_changes_of_tables_chains_rules_and_sets_count() {
+    let added = [
+        message(10, NFT_MSG_NEWSETELEM),
+        message(10, NFT_MSG_DELSETELEM),
+        message(10, NFT_MSG_NEWGEN),
+    ]
+    .concat();
+    assert!(!table_changed(&added));
+    // A deleted rule (8) at the end of a batch, a replaced rule (6), a deleted chain (5).
+    for kind in [8, 6, 5] {
+        assert!(table_changed(&[added.clone(), message(10, kind)].concat()));
     }
     // Another netfilter subsystem (conntrack) and a short tail are not nf_tables changes.
-    assert!(!may_take_away(&[message(1, 8), vec![1, 2, 3]].concat()));
-    assert!(!may_take_away(&[]));
+    assert!(!table_changed(&[message(1, 8), vec![1, 2, 3]].concat()));
+    assert!(!table_changed(&[]));
 }
