@@ -133,7 +133,7 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
     assert!(openai.basic_auth.is_none());
     assert!(stripe.headers.is_empty());
     assert!(openai.redact && !stripe.redact);
-    let profile = config.select_profile(None, "anyone", &[]).unwrap();
+    let profile = config.select_profile(None, 1000, "anyone", &[]).unwrap();
     assert_eq!(profile.name, "default");
     assert_eq!(
         config

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{Config, Current, Integration, SecretSource};
+use crate::config::{Config, Current, Integration, Profile, SecretSource};
 use crate::kernel::host_addresses;
 use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::kernel::nft::{self, SandboxElements};
@@ -224,6 +224,7 @@ impl Sandboxes {
         let profile = config
             .select_profile(
                 request.profile.as_deref(),
+                caller.uid,
                 &caller.user,
                 &caller.group_names,
             )
@@ -268,7 +269,14 @@ impl Sandboxes {
         };
         let mut wiring = Wiring::new(slot.clone(), self.network.ipv6);
         match self
-            .start(caller, request, stdio, &config, &ca, &mut wiring)
+            .start(
+                caller,
+                request,
+                stdio,
+                (&config, &profile),
+                &ca,
+                &mut wiring,
+            )
             .await
         {
             Ok((pid, mut keeper, mut control)) => {
@@ -316,7 +324,7 @@ impl Sandboxes {
         caller: &Caller,
         request: &ExecRequest,
         stdio: [OwnedFd; 3],
-        config: &Config,
+        (config, profile): (&Config, &Profile),
         ca: &SandboxCa,
         wiring: &mut Wiring,
     ) -> Result<(u32, tokio::process::Child, UnixStream), SetupError> {
@@ -334,7 +342,7 @@ impl Sandboxes {
         wiring.keeper = Some(pid);
         init::send_stdin(&control, stdin).map_err(SetupError::Spawn)?;
 
-        let spec = self.init_spec(caller, request, config, ca);
+        let spec = self.init_spec(caller, request, config, profile, ca);
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let (link_spec, elements) = (wiring.link_spec(), wiring.elements());
         let wired = async {
@@ -382,6 +390,7 @@ impl Sandboxes {
         caller: &Caller,
         request: &ExecRequest,
         config: &Config,
+        profile: &Profile,
         ca: &SandboxCa,
     ) -> InitSpec {
         let trust = self.trust_plan(ca, request);
@@ -391,11 +400,10 @@ impl Sandboxes {
                     .iter()
                     .any(|bundle| path == std::path::Path::new(bundle))
             });
-        let mut replace: Vec<(PathBuf, Bytes)> = caller_bundles
+        let caller_files: Vec<(PathBuf, Bytes)> = caller_bundles
             .into_iter()
             .map(|(path, content)| (path, Bytes(content)))
             .collect();
-        replace.extend(self.replaced_files());
         let mut env: Vec<(Bytes, Bytes)> = request
             .env
             .iter()
@@ -417,11 +425,17 @@ impl Sandboxes {
             groups: caller.groups.clone(),
             tty: request.tty,
             hide: hidden_paths(config),
-            replace,
+            replace: self.replaced_files(),
+            caller_files,
             add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
             ca_pem: ca.cert_pem().to_string(),
             java_keystores: trust.java_keystores,
             nofile_soft: self.nofile_soft,
+            unix_sockets: profile
+                .unix_sockets
+                .iter()
+                .map(|pattern| pattern.for_uid(caller.uid))
+                .collect(),
         }
     }
 

@@ -15,6 +15,7 @@
 //!   upstream_processes   upstreams that are other programs (e.g. nginx) run in U
 //!   aws                  AWS's test servers (S3, a Bedrock-style API: tests/servers/aws.py) and the
 //!                        integration that signs for them
+//!   side_doors           host Unix services recording who reached them, a 32-bit program, nft content
 
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
@@ -27,6 +28,7 @@ mod leaks;
 mod net;
 mod resolver;
 mod servers;
+pub mod side_doors;
 pub mod tls_upstream;
 mod tools;
 pub mod upstream_processes;

@@ -35,7 +35,7 @@ fn unknown_keys_name_their_table() {
     );
     assert_eq!(
         error("[[profile]]\nname = \"p\"\nuser = []\n"),
-        "t.toml:3:1: unknown key \"user\" in [[profile]]; expected one of: name, integrations, users, egress, allow_hosts"
+        "t.toml:3:1: unknown key \"user\" in [[profile]]; expected one of: name, integrations, users, egress, allow_hosts, unix_sockets"
     );
     assert_eq!(
         error("[secrets]\na = { enf = \"X\" }\n"),
