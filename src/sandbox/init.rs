@@ -809,8 +809,9 @@ impl ScratchFs {
     /// Like `replace`, for a path the caller named, which the caller may swap for a symbolic link at any
     /// moment: the target is opened once without following any (RESOLVE_NO_SYMLINKS), must be a regular
     /// file, and the read-only copy is moved onto that very file through its descriptor (open_tree,
-    /// mount_setattr, move_mount), never by a path resolved again. A path with a symbolic link in it, or
-    /// no longer a file, is left as it is: the sandbox sees it without the CA.
+    /// mount_setattr, move_mount), never by a path resolved again. A path with a symbolic link in it, no
+    /// longer a file, or whose file was replaced meanwhile, is left as it is: the sandbox sees it without
+    /// the CA.
     fn replace_caller_file(&self, path: &Path, content: &[u8]) -> Result<(), InitError> {
         let what = || format!("replacing {} inside the sandbox", path.display());
         let how = nix::fcntl::OpenHow::new()
@@ -826,7 +827,12 @@ impl ScratchFs {
             return Ok(());
         }
         let file = self.file(path, content).context(what)?;
-        move_read_only_copy(file.as_fd(), target.as_fd()).context(what)
+        match move_read_only_copy(file.as_fd(), target.as_fd()) {
+            // The file was unlinked (renamed over) since it was opened: the kernel mounts on no deleted
+            // file. What is at the path now is someone else's; it is left as it is, like a link.
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            moved => moved.context(what),
+        }
     }
 }
 
