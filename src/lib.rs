@@ -15,5 +15,6 @@ pub mod kernel;
 pub mod protocol;
 pub mod proxy;
 pub mod sandbox;
+pub mod secrets;
 #[cfg(test)]
 mod testutil;
