@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::secrets::testkeys::rsa_pem;
+use crate::secrets::testing::rsa_pem;
 
 fn github_spec() -> MintSpec {
     MintSpec::GithubApp(GithubAppSpec {

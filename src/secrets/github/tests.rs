@@ -3,7 +3,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::*;
-use crate::secrets::testkeys::{rsa_pem, rsa_public_der};
+use crate::secrets::testing::{rsa_pem, rsa_public_der};
 
 const NOW: u64 = 1_700_000_000;
 

@@ -4,7 +4,7 @@ use base64::Engine;
 use http::StatusCode;
 
 use super::*;
-use crate::secrets::testkeys::{rsa_pem, rsa_public_der};
+use crate::secrets::testing::{rsa_pem, rsa_public_der};
 
 const NOW: u64 = 1_700_000_000;
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::secrets::testkeys::*;
+use crate::secrets::testing::*;
 
 #[test]
 fn rfc7515_a2_signature_from_a_pkcs1_pem() {
