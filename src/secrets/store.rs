@@ -3,7 +3,8 @@
 //!
 //! - A slot's task is the only one that fetches for it, so its fetches never overlap; fetches of one secret
 //!   name are also serialized across reloads (a replaced slot's fetch in flight finishes first), since two
-//!   refreshes spending one refresh token lose the grant.
+//!   refreshes spending one refresh token lose the grant, and a token fetched for a replaced slot is
+//!   dropped unused.
 //! - A rotated refresh token is saved to its state file before the access token that came with it is
 //!   published.
 //! - An upstream's 401 starts one fetch (`refresh_now`), however many requests report it: only a report
@@ -147,7 +148,7 @@ pub struct Store {
 
 struct Inner {
     slots: RwLock<HashMap<String, Arc<Slot>>>,
-    /// Per secret name, across reloads: see `Grant`.
+    /// Per secret name, across reloads: see `RefreshGrant`.
     grants: Mutex<HashMap<String, Arc<tokio::sync::Mutex<RefreshGrant>>>>,
     fetcher: Arc<dyn Fetcher>,
     observer: Arc<dyn Observer>,
@@ -184,8 +185,10 @@ struct Token {
     expires_at: SystemTime,
 }
 
-/// The refresh token chain of an OAuth2 refresh grant, in memory: the token rotated to last, and the
-/// configured one it descends from. Held (the async mutex) for the whole of each fetch of the secret.
+/// One per secret name, kept across reloads, and held (the async mutex) for the whole of each fetch of
+/// that secret, so that no two fetches of it overlap, even those of a slot a reload replaced. For an
+/// OAuth2 refresh grant it also holds the chain in memory: the refresh token rotated to last, and the
+/// configured one it descends from.
 #[derive(Default)]
 struct RefreshGrant {
     rotated: Option<(SecretValue, Arc<SecretValue>)>,
@@ -468,17 +471,10 @@ async fn fetch(
     grant: &tokio::sync::Mutex<RefreshGrant>,
     fetcher: &dyn Fetcher,
 ) -> (Fetched, Option<String>) {
-    let Minter::Oauth2(client) = &definition.minter else {
-        return (fetcher.fetch(definition, None).await, None);
-    };
-    let Grant::RefreshToken {
-        configured,
-        state_file,
-    } = &client.grant
-    else {
-        return (fetcher.fetch(definition, None).await, None);
-    };
     let mut grant = grant.lock().await;
+    let Some((configured, state_file)) = refresh_grant(definition) else {
+        return (fetcher.fetch(definition, None).await, None);
+    };
     let state = StateFile::new(state_file.clone());
     let current = match &grant.rotated {
         Some((from, token)) if from == configured => token.clone(),
@@ -521,7 +517,22 @@ async fn fetch(
     (fetched, saving)
 }
 
-/// Records a fetch's outcome in the slot, schedules the next, and tells the observer.
+/// The configured refresh token and state file of an OAuth2 refresh grant.
+fn refresh_grant(definition: &Definition) -> Option<(&SecretValue, &std::path::PathBuf)> {
+    match &definition.minter {
+        Minter::Oauth2(client) => match &client.grant {
+            Grant::RefreshToken {
+                configured,
+                state_file,
+            } => Some((configured, state_file)),
+            Grant::ClientCredentials => None,
+        },
+        _ => None,
+    }
+}
+
+/// Records a fetch's outcome in the slot, schedules the next, and tells the observer. A token fetched
+/// for a slot a reload stopped meanwhile is dropped unused (its rotated refresh token is saved already).
 fn publish(
     slot: &Slot,
     fetched: Fetched,
@@ -546,6 +557,14 @@ fn publish(
     state.fetching = false;
     let mut previous = None;
     match fetched {
+        Ok(minted) if slot.stop.is_cancelled() => {
+            drop(state);
+            event.status = Some(minted.status);
+            event.error = Some(
+                "the secret was changed or removed by a reload meanwhile; this token is not used"
+                    .into(),
+            );
+        }
         Ok(minted) => {
             let lifetime = minted.lifetime.min(crate::secrets::exchange::MAX_LIFETIME);
             let value = Arc::new(minted.value);

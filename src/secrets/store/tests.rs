@@ -581,7 +581,7 @@ async fn rotated_refresh_tokens_are_saved_before_use_and_spent_after_a_restart()
 async fn fetches_of_one_secret_never_overlap_across_a_reload() {
     let dir = TempDir::new("overlap");
     let fake = Fake::new(|n| slow(5, rotated(&format!("t{n}"), &format!("rt-{}", n + 1))));
-    let (store, _) = store(&fake);
+    let (store, recorder) = store(&fake);
     store.reload(vec![refresh_grant("crm", "api", &dir.0)]);
     sleep(1.0).await;
     // A changed definition while the first fetch is running: the new slot waits for it, then spends the
@@ -591,6 +591,14 @@ async fn fetches_of_one_secret_never_overlap_across_a_reload() {
     assert_eq!(fake.most_running.load(Ordering::SeqCst), 1);
     assert_eq!(fake.spent(), [Some("rt-1".into()), Some("rt-2".into())]);
     assert_eq!(value(&store, "crm").as_deref(), Some("t2"));
+    // t1 came for the replaced slot: accounted for, never handed out nor announced.
+    let events = lock(&recorder.events).clone();
+    assert!(
+        events[0].error.as_ref().unwrap().contains("not used"),
+        "{events:?}"
+    );
+    let changes = lock(&recorder.changes).clone();
+    assert_eq!(changes, [("crm".into(), Some("t2".into()), None)]);
 }
 
 #[tokio::test(start_paused = true)]
