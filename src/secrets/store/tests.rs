@@ -222,10 +222,7 @@ async fn waiting_is_bounded() {
     let fake = Fake::new(|n| slow(30, minted(&format!("t{n}"), 100)));
     let (store, _) = store(&fake);
     store.reload(vec![oauth2("crm", "api")]);
-    let refused = store
-        .wait_value("crm", Duration::from_secs(10))
-        .await
-        .unwrap_err();
+    let refused = store.wait_value("crm", WAIT_FOR_TOKEN).await.unwrap_err();
     assert!(
         refused.reason.contains("no token came within 10s"),
         "{refused}"
