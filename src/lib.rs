@@ -18,5 +18,6 @@ pub mod kernel;
 pub mod protocol;
 pub mod proxy;
 pub mod sandbox;
+pub mod secrets;
 #[cfg(test)]
 mod testutil;
