@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::hosts::HostPattern;
-use super::secrets::SecretDef;
+use super::secrets::{SecretDef, SecretSource};
 use super::syntax::{ConfigError, Source};
 use super::templates::Template;
 
@@ -32,6 +32,20 @@ pub struct Integration {
     /// Header names as written in the config (HTTP header names are case-insensitive).
     pub headers: BTreeMap<String, Template>,
     pub basic_auth: Option<BasicAuth>,
+    /// The minted secrets its templates name, each once: empty for an integration of static secrets,
+    /// whose requests then cost what they always did.
+    pub minted: Vec<String>,
+}
+
+impl Integration {
+    /// Every template it renders: its headers', then basic auth's.
+    pub fn templates(&self) -> impl Iterator<Item = &Template> {
+        self.headers.values().chain(
+            self.basic_auth
+                .iter()
+                .flat_map(|auth| [&auth.username, &auth.password]),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,12 +120,24 @@ impl RawIntegration {
             }
             None => None,
         };
-        Ok(Integration {
+        let mut integration = Integration {
             name,
             hosts: self.hosts.into_inner(),
             headers,
             basic_auth,
-        })
+            minted: Vec::new(),
+        };
+        let mut minted: Vec<String> = Vec::new();
+        for name in integration.templates().flat_map(Template::secret_names) {
+            let is_minted = secrets
+                .get(name)
+                .is_some_and(|def| matches!(def.source, SecretSource::Minted(_)));
+            if is_minted && !minted.iter().any(|m| m == name) {
+                minted.push(name.to_owned());
+            }
+        }
+        integration.minted = minted;
+        Ok(integration)
     }
 }
 

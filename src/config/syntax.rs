@@ -90,6 +90,9 @@ fn reword(message: &str) -> String {
             ("allow_hosts", " in [[profile]]"),
             ("username", " in basic_auth"),
             ("credential", " in a [secrets] entry"),
+            ("installation_id", " in [secrets.NAME.github_app]"),
+            ("token_url", " in [secrets.NAME.oauth2]"),
+            ("scopes", " in [secrets.NAME.google_service_account]"),
             ("daemon", " at the top level"),
         ]
         .into_iter()

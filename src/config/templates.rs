@@ -25,6 +25,18 @@ enum Part {
 #[error("secret \"{0}\" has no loaded value")]
 pub struct MissingSecret(pub String);
 
+/// Where a template finds the values of the secrets it names: the static secrets (`Secrets`), or those
+/// and the minted tokens of a request (the request policy's).
+pub trait SecretValues {
+    fn value(&self, name: &str) -> Option<&str>;
+}
+
+impl SecretValues for Secrets {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|value| value.expose())
+    }
+}
+
 impl Template {
     pub(super) fn parse(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
@@ -79,16 +91,15 @@ impl Template {
         })
     }
 
-    pub fn render(&self, secrets: &Secrets) -> Result<String, MissingSecret> {
+    pub fn render(&self, values: &impl SecretValues) -> Result<String, MissingSecret> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
                 Part::Secret(name) => out.push_str(
-                    secrets
-                        .get(name)
-                        .ok_or_else(|| MissingSecret(name.clone()))?
-                        .expose(),
+                    values
+                        .value(name)
+                        .ok_or_else(|| MissingSecret(name.clone()))?,
                 ),
             }
         }

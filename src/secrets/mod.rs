@@ -27,7 +27,7 @@ pub mod store;
 pub mod value;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use definition::{Definition, DefinitionError, MintSpec, SourceKind};
 pub use fetch::{Fetcher, HttpFetcher};

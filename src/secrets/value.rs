@@ -1,9 +1,6 @@
-//! The value of a minted secret (an access token, a rotated refresh token) or of a root credential copied
-//! out of `[secrets]`: memory locked and zeroed on drop, a Debug that says `<redacted>`, no Display.
-//!
-//! It is `config::SecretValue` again: that type's constructor is private to `config`, which is being split
-//! while this module is written. Once the split lands, config should use this one (`pub use
-//! crate::secrets::SecretValue`) and drop its own, so that static and minted values are one type.
+//! A secret's value, static (read from `[secrets]`) or minted (an access token, a rotated refresh token, a
+//! root credential copied out of `[secrets]`): memory locked (never swapped, where the kernel allows) and
+//! zeroed on drop, a Debug that says `<redacted>`, no Display, so that it cannot be logged by accident.
 
 use std::fmt;
 
