@@ -3,7 +3,9 @@
 //! integration's headers set. It injects nothing when the request's host is not the TLS server name (421),
 //! when the upstream's certificate is not valid for that name (502), or for methods that could reflect or
 //! smuggle the secret (TRACE, CONNECT, `Upgrade: h2c`). Bodies stream both ways; upgrades (WebSocket) tunnel
-//! after the injected handshake. Every request gets an audit record when its response ends.
+//! after the injected handshake. Every request gets an audit record when its response ends. A request whose
+//! integration names minted secrets carries their current tokens (the `policy` decides: 503 when one has
+//! none valid), and an upstream's 401 to it has the store fetch a new one.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -27,10 +29,11 @@ use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::Integration;
 use crate::proxy::context::ProxyContext;
 use crate::proxy::http2;
-use crate::proxy::policy::{self, MAX_HEADER_BYTES};
+use crate::proxy::policy::{self, Values, MAX_HEADER_BYTES};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
 use crate::sandbox::live::Sandbox;
+use crate::secrets::SecretValue;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
@@ -125,12 +128,12 @@ fn relay_scope(
     integration: &Integration,
 ) -> http2::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
-    let injected = http2::Injected::for_integration(integration, &sandbox.secrets);
+    let injection = http2::Injection::new(integration, sandbox.secrets.clone(), &context.minted);
     let sandbox = sandbox.clone();
     http2::Scope {
         sni,
         port: destination.port(),
-        injected,
+        injection,
         record,
         log: context.audit.polled(),
         counted: Box::new(move |record: &Record| {
@@ -191,6 +194,11 @@ pub async fn serve(
     // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here.
     let mut unreachable = None;
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // The relay cannot wait for a token: a first one being fetched is waited for here, once (a
+        // secret still without one then gets each request answered 503).
+        if !integration.minted.is_empty() {
+            let _ = policy::tokens(&integration, &context.minted).await;
+        }
         match context.upstreams.dial_relay(destination, &sni).await {
             Ok(RelayUpstream::Http2(upstream)) => {
                 let scope = relay_scope(&context, &sandbox, destination, sni, &integration);
@@ -478,12 +486,30 @@ impl Intercept {
         if wants_close(client_version, request.headers()) {
             self.closing.store(true, Ordering::Relaxed);
         }
-        let upstream_request = match self.upstream_request(request, upgrade_requested, &exchange) {
-            Ok(request) => request,
-            Err((status, verdict, message)) => {
-                return self.answer(exchange, status, verdict, message).await
+        // The current tokens of the integration's minted secrets: read at once, waited for only while a
+        // first one is being fetched; with none valid, the daemon answers and nothing goes upstream.
+        let tokens = if self.integration.minted.is_empty() {
+            Vec::new()
+        } else {
+            match policy::tokens(&self.integration, &self.context.minted).await {
+                Ok(tokens) => tokens,
+                Err(why) => {
+                    let refusal = policy::unavailable(&why);
+                    let status = StatusCode::from_u16(refusal.status)
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    return self
+                        .answer(exchange, status, Verdict::Error, refusal.message)
+                        .await;
+                }
             }
         };
+        let upstream_request =
+            match self.upstream_request(request, upgrade_requested, &exchange, &tokens) {
+                Ok(request) => request,
+                Err((status, verdict, message)) => {
+                    return self.answer(exchange, status, verdict, message).await
+                }
+            };
 
         // Requests of HTTP/1.1 clients too go over HTTP/2 when the upstream offers it: the requests of
         // many client connections then share one upstream connection and its writes (HTTP/1.1 kept-alive
@@ -512,6 +538,9 @@ impl Intercept {
         exchange.record.retries = outcome.retries;
         match outcome.result {
             Ok((response, lease)) => {
+                if response.status() == StatusCode::UNAUTHORIZED && !tokens.is_empty() {
+                    policy::rejected(&self.integration, &self.context.minted, &tokens);
+                }
                 self.respond(response, lease, exchange, upgrade_requested, client_version)
             }
             Err(error) => {
@@ -531,15 +560,19 @@ impl Intercept {
         request: Request<Incoming>,
         upgrade_requested: bool,
         exchange: &Exchange,
+        tokens: &[Arc<SecretValue>],
     ) -> Result<Request<ProxyBody>, (StatusCode, Verdict, String)> {
         let (mut parts, body) = request.into_parts();
         if parts.version < Version::HTTP_2 {
             strip_hop_by_hop(&mut parts.headers, upgrade_requested);
         }
         parts.headers.remove(header::HOST);
-        if let Err(reason) =
-            policy::inject(&mut parts.headers, &self.integration, &self.sandbox.secrets)
-        {
+        let values = Values {
+            integration: &self.integration,
+            secrets: &self.sandbox.secrets,
+            tokens,
+        };
+        if let Err(reason) = policy::inject(&mut parts.headers, &self.integration, &values) {
             let message = format!("sandbox: {reason}; see the daemon's log");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, Verdict::Error, message));
         }
