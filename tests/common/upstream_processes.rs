@@ -19,7 +19,7 @@ use super::certs::TestCa;
 use super::clients::RUN_TAG_VAR;
 use super::daemon::DaemonBuilder;
 use super::net::{in_netns, TestNet};
-use super::tools::{ip, tool, unique_suffix, wait_for, TempDir, STD_PATH};
+use super::tools::{tool, unique_suffix, wait_for, TempDir, STD_PATH};
 
 /// The names these upstreams serve end in this.
 pub const CHURN_DOMAIN: &str = "churn.test";
@@ -80,15 +80,7 @@ headers = {{ Authorization = "Bearer ${{secret:churn}}" }}
 
     /// Gives U the addresses `.N` and `::N` and the resolver `name` for them.
     fn host(&self, net: &TestNet, n: u8, name: &str) -> (Ipv4Addr, Ipv6Addr) {
-        let [a, b, c, _] = net.u4.octets();
-        let v4 = Ipv4Addr::new(a, b, c, n);
-        let s = net.u6.segments();
-        let v6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, u16::from(n));
-        ip(&net.u, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-        ip(
-            &net.u,
-            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
-        );
+        let (v4, v6) = net.add_u_address(n);
         net.add_dns_name(name, v4, v6);
         (v4, v6)
     }
@@ -96,12 +88,12 @@ headers = {{ Authorization = "Bearer ${{secret:churn}}" }}
 
 /// A server process in U, tagged like the test's clients (so the test's guard finds it too); stopped
 /// (SIGTERM, then SIGKILL) when dropped.
-struct ServerProcess {
-    child: Option<Child>,
+pub(super) struct ServerProcess {
+    pub(super) child: Option<Child>,
 }
 
 impl ServerProcess {
-    fn spawn(net: &TestNet, program: &Path, args: &[&str], stdout: Stdio) -> Child {
+    pub(super) fn spawn(net: &TestNet, program: &Path, args: &[&str], stdout: Stdio) -> Child {
         Command::new(tool("ip"))
             .args(["netns", "exec", &net.u])
             .arg(program)
@@ -139,7 +131,7 @@ impl Drop for ServerProcess {
 }
 
 /// Waits until `addr` in U accepts TCP connections.
-fn wait_listening(net: &TestNet, addr: SocketAddr) {
+pub(super) fn wait_listening(net: &TestNet, addr: SocketAddr) {
     let listening = wait_for(Duration::from_secs(10), || {
         in_netns(&net.u, move || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()

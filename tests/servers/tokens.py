@@ -1,7 +1,7 @@
 """Token endpoints for the minted-secret tests: GitHub's installation tokens, an OAuth2 token endpoint
 (client credentials, refresh tokens it rotates) and Google's JWT-bearer grant, plus an API that takes only
-the tokens they issued. JWTs are checked with python3-cryptography, an RS256 implementation the daemon
-does not share.
+the tokens they issued and git's smart HTTP (run by `git http-backend`) behind the same check. JWTs are
+checked with python3-cryptography, an RS256 implementation the daemon does not share.
 
 Usage: tokens.py ADDRESSES CERT KEY LOG CONFIG
 
@@ -12,7 +12,13 @@ http/1.1), prints "listening" once it does. CONFIG is a JSON file, every part op
    "lifetime": 5,                  seconds every issued access token lives (integer)
    "accept": "current",            the API takes the latest unexpired token of its family ("current"),
                                    or any unexpired one it issued ("unexpired")
+   "grace": 0,                     seconds "current" still takes the token the latest one replaced: a
+                                   request sent just before its sender received the next token
    "control_file": "/path",        a JSON file read at each token request, as POST /control takes
+   "issued_file": "/path",         every token issued, a JSON line each ({"serial", "family", "token"};
+                                   rotated refresh tokens: serial 0, family "refresh"), for the test's
+                                   leak checks (the only place a whole token is written)
+   "git_root": "/path",            repositories served over git's smart HTTP (paths with ".git/")
    "github": {"app_id": "123456", "client_id": "Iv1.x", "installation_id": 7890123,
               "public_key": "/path/app.pem"},       (a public key PEM, or the private key's)
    "oauth2": {"clients": {"ID": {"secret": "S" or null, "auth": "basic" | "post" | "any"}},
@@ -34,19 +40,22 @@ Endpoints:
         exp - iat <= 3600 s). 200 as OAuth2; 400 invalid_grant with Google's kind of description.
   GET|POST /api/...    Authorization: Bearer TOKEN, or Basic with password TOKEN (git's x-access-token):
         200 {"family", "serial"} if the token is accepted (see "accept"), else 401.
-  POST /control        {"mode": M, "count": N, "retry_after": S, "sleep": S}: how the next N (default:
-        all) token requests are answered. M: "ok", "500", "empty" ({}), "html" (text/html), "429"
+  GET|POST .../NAME.git/...   git's smart HTTP for GIT_ROOT/.../NAME.git, by `git http-backend` (CGI),
+        once the token is accepted as by the API; else 401.
+  POST /control        {"mode": M, "count": N, "retry_after": S, "sleep": S, "lifetime": S}: how the next
+        N (default: all) token requests are answered (and how long their tokens live). M: "ok", "500", "empty" ({}), "html" (text/html), "429"
         (Retry-After: S), "no-expiry" (a token without expires_in / expires_at), "huge" (a 70 KiB body),
         "slow" (answer after S seconds), "down" (close the connection without answering). "empty",
         "html" and "huge" come with the success status of the endpoint (GitHub 201, others 200).
         GET /control says the mode in force. With "control_file", the file is read at each token
-        request and is the mode in force ("count" is then not kept).
+        request and is the mode in force ("count" is then not kept). {"revoke": true} instead makes
+        every token issued so far unacceptable to the API (the mode stays).
 
 Every request is a JSON line in LOG: {"time", "conn", "method", "path", "kind", "status", "mode", ...}
 with, by kind: github (iss, installation, repositories, permissions, serial), oauth2 (grant_type,
 client_id, auth, scope, params, spent / issued refresh token serials, serial), google (iss, scope, aud,
-serial), api (family, serial, expired, current, accepted), error (why). Tokens are logged by serial and
-a SHA-256 prefix ("sha"), never in full.
+serial), api and git (family, serial, expired, current, accepted), error (why). Tokens are logged by
+serial and a SHA-256 prefix ("sha"), never in full (but in "issued_file").
 """
 
 import asyncio
@@ -71,13 +80,17 @@ config = json.load(open(CONFIG))
 log = open(LOG, "a", buffering=1)
 LIFETIME = int(config.get("lifetime", 5))
 ACCEPT = config.get("accept", "current")
+GRACE = float(config.get("grace", 0))
+issued_log = open(config["issued_file"], "a", buffering=1) if "issued_file" in config else None
 GITHUB = config.get("github", {})
 OAUTH2 = config.get("oauth2", {})
 GOOGLE = config.get("google", {})
 
-# token -> {"family", "serial", "expires"}; family -> serial of its latest token
+# token -> {"family", "serial", "expires", "issued"}; family -> serial of its latest token, and when the
+# one before it stopped being the latest
 issued = {}
 latest = {}
+replaced = {}
 serials = 0
 valid_refresh = {token: 0 for token in OAUTH2.get("refresh_tokens", [])}
 control = {"mode": "ok"}
@@ -100,11 +113,21 @@ def sha(token):
     return hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
+def lifetime():
+    """How long a token issued now lives: the config's "lifetime", unless POST /control said otherwise."""
+    return float(control.get("lifetime", LIFETIME))
+
+
 def issue(family, token):
     global serials
     serials += 1
-    issued[token] = dict(family=family, serial=serials, expires=time.time() + LIFETIME)
+    now = time.time()
+    issued[token] = dict(family=family, serial=serials, expires=now + lifetime())
+    if family in latest:
+        replaced[family] = (latest[family], now)
     latest[family] = serials
+    if issued_log:
+        issued_log.write(json.dumps(dict(serial=serials, family=family, token=token)) + "\n")
     return serials
 
 
@@ -236,7 +259,7 @@ def token_answer(family, entry, mode, refresh=None):
     entry["serial"], entry["sha"] = issue(family, token), sha(token)
     answer = {"access_token": token, "token_type": "Bearer"}
     if mode.get("mode") != "no-expiry":
-        answer["expires_in"] = LIFETIME
+        answer["expires_in"] = int(lifetime())
     if refresh:
         answer["refresh_token"] = refresh
     return json_answer(200, answer)
@@ -266,6 +289,8 @@ def oauth2(headers, body, entry, mode):
     del valid_refresh[spent]
     nxt = "rt-" + secrets.token_urlsafe(24)
     valid_refresh[nxt] = 0
+    if issued_log:
+        issued_log.write(json.dumps(dict(serial=0, family="refresh", token=nxt)) + "\n")
     entry["issued_refresh"] = sha(nxt)
     return token_answer("oauth2", entry, mode, refresh=nxt)
 
@@ -295,25 +320,76 @@ def google(body, entry, mode):
     return token_answer("google", entry, mode)
 
 
-def api(headers, entry):
+def accepted_token(headers, entry):
+    """The token the request carries, if the API takes it (see "accept" and "grace"); the entry says why."""
     auth = headers.get("authorization", "")
     token = None
     if auth.startswith("Bearer "):
         token = auth[7:]
     elif auth.startswith("Basic "):
-        token = base64.b64decode(auth[6:]).decode().partition(":")[2]
+        entry["user"], _, token = base64.b64decode(auth[6:]).decode().partition(":")
     known = issued.get(token)
     if known is None:
         entry.update(accepted=False, sha=sha(token) if token else None)
-        return json_answer(401, {"message": "Bad credentials"})
-    expired = known["expires"] <= time.time()
-    current = latest[known["family"]] == known["serial"]
-    accepted = not expired and (current or ACCEPT == "unexpired")
-    entry.update(family=known["family"], serial=known["serial"], sha=sha(token), expired=expired,
-                 current=current, accepted=accepted)
-    if not accepted:
+        return None
+    now = time.time()
+    family = known["family"]
+    expired = known["expires"] <= now
+    current = latest[family] == known["serial"]
+    superseded = replaced.get(family)
+    just_replaced = superseded is not None and superseded[0] == known["serial"] and now - superseded[1] <= GRACE
+    accepted = not expired and not known.get("revoked") and (current or just_replaced or ACCEPT == "unexpired")
+    entry.update(family=family, serial=known["serial"], sha=sha(token), expired=expired, current=current,
+                 revoked=bool(known.get("revoked")), accepted=accepted)
+    return known if accepted else None
+
+
+def api(headers, entry):
+    known = accepted_token(headers, entry)
+    if known is None:
         return json_answer(401, {"message": "Bad credentials"})
     return json_answer(200, {"family": known["family"], "serial": known["serial"]})
+
+
+async def git(method, target, headers, body, entry):
+    """git's smart HTTP: `git http-backend` as a CGI program, for a request whose token is accepted."""
+    if accepted_token(headers, entry) is None:
+        return 401, [("content-type", "text/plain"), ("www-authenticate", 'Basic realm="GitHub"')], b"Bad credentials\n"
+    parts = urlsplit(target)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "GIT_PROJECT_ROOT": config["git_root"],
+        "GIT_HTTP_EXPORT_ALL": "1",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "HOME": config["git_root"],
+        "PATH_INFO": unquote_plus(parts.path),
+        "QUERY_STRING": parts.query,
+        "REQUEST_METHOD": method,
+        "CONTENT_TYPE": headers.get("content-type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "REMOTE_USER": entry.get("user", ""),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    for name in ("content-encoding", "git-protocol"):
+        if name in headers:
+            env["HTTP_" + name.upper().replace("-", "_")] = headers[name]
+    process = await asyncio.create_subprocess_exec(
+        "git", "http-backend", env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate(body)
+    if err:
+        entry["stderr"] = err.decode(errors="replace")[:300]
+    separator = b"\r\n\r\n" if b"\r\n\r\n" in out else b"\n\n"
+    head, _, cgi_body = out.partition(separator)
+    status, cgi_headers = 200, []
+    for line in head.decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.strip().split()[0])
+        elif name:
+            cgi_headers.append((name.strip().lower(), value.strip()))
+    return status, cgi_headers, cgi_body
 
 
 def read_control_file():
@@ -375,10 +451,18 @@ async def handle(method, target, headers, body, entry):
     if path.startswith("/api/"):
         entry["kind"] = "api"
         return api(headers, entry)
+    if ".git/" in path and "git_root" in config:
+        entry["kind"] = "git"
+        return await git(method, target, headers, body, entry)
     if path == "/control":
         entry["kind"] = "control"
         if method == "POST":
-            control = json.loads(body)
+            asked = json.loads(body)
+            if asked.get("revoke"):
+                for known in issued.values():
+                    known["revoked"] = True
+            else:
+                control = asked
         return json_answer(200, control)
     entry["kind"] = "error"
     return json_answer(404, {"message": "Not Found"})
@@ -411,11 +495,12 @@ async def serve(reader, writer):
                 break
             status, answer_headers, answer_body = answer
             entry["status"] = status
+            # Logged before it is sent: a client that gave up (a slow answer) still has its line.
+            log.write(json.dumps(entry) + "\n")
             out = [f"HTTP/1.1 {status} X", f"content-length: {len(answer_body)}"]
             out += [f"{name}: {value}" for name, value in answer_headers]
             writer.write(("\r\n".join(out) + "\r\n\r\n").encode() + answer_body)
             await writer.drain()
-            log.write(json.dumps(entry) + "\n")
             if headers.get("connection", "").lower() == "close":
                 break
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ssl.SSLError, ValueError):
