@@ -6,8 +6,9 @@
 //! the rest may read of it) → `kernel` (step 3: veth, routes, the nftables table) → `proxy` (steps 4 and 5:
 //! every connection a sandbox opens: `listener`, then `tcp_relay`, `dns` or `tls_router`, which splices or
 //! hands it to `intercept`, where `policy` decides what goes out and `upstream` sends it, or `http2` relays
-//! it) → `audit` (a line for each). `config` feeds them all; `daemon` starts, reloads and stops them;
-//! `doctor` checks the host.
+//! it) → `audit` (a line for each). `secrets` (step 5b) mints and refreshes the short-lived tokens that
+//! `policy` reads. `config` feeds them all; `daemon` starts, reloads and stops them; `doctor` checks the
+//! host.
 
 pub mod audit;
 pub mod config;

@@ -589,10 +589,12 @@ fn requests_outlive_a_token_endpoint_outage_then_get_503_and_recover() {
         .filter(|l| l["verdict"] == "error")
         .count();
     assert!(errors >= 2, "audit lines of failed fetches: {errors}");
-    let refused_line = d
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["kind"] == "https" && l["status"] == 503);
+    // The audit log is written behind the requests: wait for the line.
+    let refused_line = wait_for(Duration::from_secs(5), || {
+        d.audit_lines()
+            .into_iter()
+            .find(|l| l["kind"] == "https" && l["status"] == 503)
+    });
     assert!(refused_line.is_some(), "the 503 has its audit line");
 
     server.set_mode(json!({"mode": "ok"}));

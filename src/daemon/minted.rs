@@ -61,14 +61,16 @@ impl Observer for AuditObserver {
         });
     }
 
-    /// Redaction's hook: it is to mask both values while the previous one is still valid upstream. Not
-    /// wired yet (issue 22); the change is logged, never the values.
-    fn value_changed(&self, change: &ValueChange<'_>) {
+    /// Redaction's hook (issue 22 connects `Redactions::value_changed` here): it is to mask both values
+    /// while the previous one is still valid upstream, and its error keeps the new value unused. Until
+    /// then the change is logged, never the values.
+    fn value_changed(&self, change: &ValueChange<'_>) -> Result<(), String> {
         tracing::debug!(
             secret = change.secret,
             current = change.current.is_some(),
             previous = change.previous.is_some(),
             "a minted secret's value changed"
         );
+        Ok(())
     }
 }

@@ -12,7 +12,8 @@
 //! - A request that finds no valid token while a fetch is running (the first one, typically) may wait for
 //!   it (`wait_value`), bounded; otherwise it is refused at once with the reason (the daemon's 503).
 //! - The `Observer` hears of every fetch (audit log kind `token`, never a value) and of every change of
-//!   value (redaction keeps masking the previous value while it is still valid upstream).
+//!   value before the new value is handed out (redaction: it masks the new value, and the previous one
+//!   while that is still valid upstream); a change it refuses is not used.
 //!
 //! Values are `Arc<SecretValue>`: locked, zeroed memory shared with the requests using it, freed when the
 //! last of them is done.
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::definition::{Definition, Minter, SourceKind};
-use crate::secrets::exchange::{FailureKind, Fetched};
+use crate::secrets::exchange::{Failure, FailureKind, Fetched};
 use crate::secrets::fetch::Fetcher;
 use crate::secrets::oauth2::Grant;
 use crate::secrets::schedule;
@@ -137,7 +138,11 @@ pub struct ValueChange<'a> {
 /// store; it should not block.
 pub trait Observer: Send + Sync + 'static {
     fn fetched(&self, event: &FetchEvent);
-    fn value_changed(&self, change: &ValueChange<'_>);
+    /// Redaction's hook (`Redactions::value_changed`). Called before the new value is handed out to any
+    /// request; an error (redaction could not take it) keeps the new value from being used: the store
+    /// goes on with the token it had and retries the fetch as a transient failure. Its result is moot
+    /// when a reload removed the secret (`current` is None).
+    fn value_changed(&self, change: &ValueChange<'_>) -> Result<(), String>;
 }
 
 /// The minted secrets. Cheap to clone; the refresh tasks stop when the last clone is dropped.
@@ -359,7 +364,8 @@ impl Store {
             if let Some(token) = &state.token {
                 let (value, expires_at) = (token.value.clone(), token.expires_at);
                 drop(state);
-                self.inner.observer.value_changed(&ValueChange {
+                // Nothing is handed out in its place, so there is nothing to hold back on an error.
+                let _ = self.inner.observer.value_changed(&ValueChange {
                     secret: &slot.definition.name,
                     current: None,
                     previous: Some(&value),
@@ -553,63 +559,83 @@ fn publish(
         error: None,
         duration: now.saturating_duration_since(started),
     };
-    let mut state = lock(&slot.state);
-    state.fetching = false;
-    let mut previous = None;
-    match fetched {
+    // `fetching` stays set until the outcome is in place, so that a request waiting for the token does
+    // not give up in between.
+    let failure = match fetched {
         Ok(minted) if slot.stop.is_cancelled() => {
-            drop(state);
+            lock(&slot.state).fetching = false;
             event.status = Some(minted.status);
             event.error = Some(
                 "the secret was changed or removed by a reload meanwhile; this token is not used"
                     .into(),
             );
+            None
         }
         Ok(minted) => {
             let lifetime = minted.lifetime.min(crate::secrets::exchange::MAX_LIFETIME);
             let value = Arc::new(minted.value);
             let expires_at = wall + lifetime;
-            previous = state.token.replace(Token {
-                value: value.clone(),
-                usable_until: schedule::usable_until(now, lifetime),
-                expires_at,
-            });
-            state.next_fetch = schedule::refresh_at(now, lifetime, jitter());
-            state.failures = 0;
-            state.failing = None;
-            state.last_refresh = Some(wall);
-            if let Some(saving) = &saving {
-                state.last_error = Some((saving.clone(), wall));
-            }
-            drop(state);
             event.status = Some(minted.status);
-            event.expires_at = Some(expires_at);
-            event.error = saving;
-            tracing::info!(secret = %definition.name, endpoint = %event.endpoint_host, status = minted.status, lifetime_s = lifetime.as_secs(), "minted a token");
-            observer.value_changed(&ValueChange {
+            let previous = lock(&slot.state)
+                .token
+                .as_ref()
+                .map(|token| (token.value.clone(), token.expires_at));
+            // Before anything can inject it: redaction must know the value it is to mask.
+            let taken = observer.value_changed(&ValueChange {
                 secret: &definition.name,
                 current: Some(&value),
-                previous: previous.as_ref().map(|token: &Token| &token.value),
-                previous_expires_at: previous.as_ref().map(|token| token.expires_at),
+                previous: previous.as_ref().map(|(value, _)| value),
+                previous_expires_at: previous.as_ref().map(|(_, expires_at)| *expires_at),
             });
+            match taken {
+                Ok(()) => {
+                    let mut state = lock(&slot.state);
+                    state.fetching = false;
+                    state.token = Some(Token {
+                        value,
+                        usable_until: schedule::usable_until(now, lifetime),
+                        expires_at,
+                    });
+                    state.next_fetch = schedule::refresh_at(now, lifetime, jitter());
+                    state.failures = 0;
+                    state.failing = None;
+                    state.last_refresh = Some(wall);
+                    if let Some(saving) = &saving {
+                        state.last_error = Some((saving.clone(), wall));
+                    }
+                    drop(state);
+                    event.expires_at = Some(expires_at);
+                    event.error = saving;
+                    tracing::info!(secret = %definition.name, endpoint = %event.endpoint_host, status = minted.status, lifetime_s = lifetime.as_secs(), "minted a token");
+                    None
+                }
+                Err(why) => Some(Failure {
+                    kind: FailureKind::Transient,
+                    status: Some(minted.status),
+                    retry_after: None,
+                    message: format!("the new token was not used: {why}"),
+                }),
+            }
         }
-        Err(failure) => {
-            state.failures = state.failures.saturating_add(1);
-            state.failing = Some(failure.kind);
-            let delay =
-                schedule::retry_delay(failure.kind, state.failures, failure.retry_after, jitter());
-            state.next_fetch = now + delay;
-            state.last_error = Some((failure.message.clone(), wall));
-            let still_valid = usable(&state, now).is_some();
-            drop(state);
-            tracing::warn!(secret = %definition.name, endpoint = %event.endpoint_host, status = ?failure.status, error = %failure.message, kind = ?failure.kind, retry_in_s = delay.as_secs_f32(), still_valid, "token fetch failed");
-            event.status = failure.status;
-            event.verdict = FetchVerdict::Error;
-            event.error = Some(failure.message);
-        }
+        Err(failure) => Some(failure),
+    };
+    if let Some(failure) = failure {
+        let mut state = lock(&slot.state);
+        state.fetching = false;
+        state.failures = state.failures.saturating_add(1);
+        state.failing = Some(failure.kind);
+        let delay =
+            schedule::retry_delay(failure.kind, state.failures, failure.retry_after, jitter());
+        state.next_fetch = now + delay;
+        state.last_error = Some((failure.message.clone(), wall));
+        let still_valid = usable(&state, now).is_some();
+        drop(state);
+        tracing::warn!(secret = %definition.name, endpoint = %event.endpoint_host, status = ?failure.status, error = %failure.message, kind = ?failure.kind, retry_in_s = delay.as_secs_f32(), still_valid, "token fetch failed");
+        event.status = failure.status;
+        event.verdict = FetchVerdict::Error;
+        event.error = Some(failure.message);
     }
     observer.fetched(&event);
-    drop(previous);
     slot.fetched.send_modify(|count| *count += 1);
 }
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::certs::TestCa;
 use super::net::TestNet;
 use super::tls_upstream::make_git_repository;
-use super::tools::{describe, run_tool, tool, unique_suffix, TempDir, STD_PATH};
+use super::tools::{describe, read_json_lines, run_tool, tool, unique_suffix, TempDir, STD_PATH};
 use super::upstream_processes::{wait_listening, ServerProcess};
 
 /// GitHub's API: the installation token endpoint (the daemon's default `api`) and the test API.
@@ -219,7 +219,7 @@ impl TokenServer {
 
     /// Every request the server answered (or closed), in order: see tokens.py for the fields.
     pub fn log(&self) -> Vec<Value> {
-        read_lines(&self.log)
+        read_json_lines(&self.log)
     }
 
     /// The requests of `kind` (`github`, `oauth2`, `google`, `api`, `git`).
@@ -232,7 +232,7 @@ impl TokenServer {
 
     /// Every token issued so far: (serial, family, token).
     pub fn issued(&self) -> Vec<(u64, String, String)> {
-        read_lines(&self.issued)
+        read_json_lines(&self.issued)
             .into_iter()
             .map(|entry| {
                 (
@@ -311,15 +311,4 @@ impl TokenServer {
         credentials.push(self.refresh_token.clone());
         credentials
     }
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    // A line being written is not complete yet.
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
-        .collect()
 }

@@ -120,6 +120,8 @@ struct Recorder {
     /// A state file to read at each change: it must already hold the new refresh token.
     state_file: Mutex<Option<PathBuf>>,
     state_at_change: Mutex<Vec<String>>,
+    /// Refuse the next change with this reason (as redaction would if it could not take the value).
+    refuse: Mutex<Option<String>>,
 }
 
 impl Observer for Recorder {
@@ -127,7 +129,7 @@ impl Observer for Recorder {
         lock(&self.events).push(event.clone());
     }
 
-    fn value_changed(&self, change: &ValueChange<'_>) {
+    fn value_changed(&self, change: &ValueChange<'_>) -> Result<(), String> {
         let text = |v: Option<&Arc<SecretValue>>| v.map(|v| v.expose().to_owned());
         lock(&self.changes).push((
             change.secret.to_owned(),
@@ -136,6 +138,10 @@ impl Observer for Recorder {
         ));
         if let Some(path) = &*lock(&self.state_file) {
             lock(&self.state_at_change).push(std::fs::read_to_string(path).unwrap_or_default());
+        }
+        match lock(&self.refuse).take() {
+            Some(why) => Err(why),
+            None => Ok(()),
         }
     }
 }
@@ -351,6 +357,44 @@ async fn a_still_valid_token_is_used_while_retrying() {
     assert_eq!(status.state, State::Ok);
     assert_eq!(status.last_error.as_deref(), Some("HTTP 502"));
     assert!(status.usable_for.unwrap() <= Duration::from_secs(20));
+}
+
+/// Redaction's hook refuses a new value: it is not handed out, the old token goes on while valid, the
+/// fetch is retried as a transient failure, and the next value it takes is used.
+#[tokio::test(start_paused = true)]
+async fn a_value_the_observer_refuses_is_not_used_and_the_fetch_is_retried() {
+    let fake = Fake::new(|n| minted(&format!("t{n}"), 100));
+    let (store, recorder) = store(&fake);
+    store.reload(vec![oauth2("crm", "api")]);
+    sleep(1.0).await;
+    assert_eq!(value(&store, "crm").as_deref(), Some("t1"));
+    *lock(&recorder.refuse) = Some("the matcher is full".into());
+    // The refresh (45..55 s) mints t2, which is refused.
+    while fake.calls() < 2 {
+        sleep(0.1).await;
+    }
+    sleep(0.1).await; // its outcome published; the retry is 0.5 s or more away
+    assert_eq!(value(&store, "crm").as_deref(), Some("t1"));
+    let status = &store.status()[0];
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the new token was not used: the matcher is full")
+    );
+    let events = lock(&recorder.events).clone();
+    assert_eq!(events[1].verdict, FetchVerdict::Error);
+    assert_eq!(events[1].expires_at, None);
+    sleep(2.0).await; // the first retry comes after 0.5..1 s
+    assert_eq!(fake.calls(), 3);
+    assert_eq!(value(&store, "crm").as_deref(), Some("t3"));
+    let changes = lock(&recorder.changes).clone();
+    assert_eq!(
+        changes.last().unwrap(),
+        &(
+            "crm".to_owned(),
+            Some("t3".to_owned()),
+            Some("t1".to_owned())
+        )
+    );
 }
 
 #[tokio::test(start_paused = true)]
