@@ -1,11 +1,11 @@
-//! Fuzzes `sandbox::clienthello::parse` with arbitrary bytes: it must never panic, and its answers for
-//! a byte string and for prefixes of it must agree the way `peek` relies on (a prefix of a complete
+//! Fuzzes `sandbox::proxy::clienthello::parse` with arbitrary bytes: it must never panic, and its answers
+//! for a byte string and for prefixes of it must agree the way `peek` relies on (a prefix of a complete
 //! hello asks for no more bytes than the rest holds; "need n more" is never followed by completion
 //! with fewer; an error is final).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::clienthello::{parse, Progress};
+use sandbox::proxy::clienthello::{parse, Progress};
 
 fuzz_target!(|data: &[u8]| {
     let whole = parse(data);

@@ -4,13 +4,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::dns::{answer_addresses, query_name, servfail};
+use sandbox::proxy::dns::{answer_addresses, query_name, servfail};
 
 fuzz_target!(|data: &[u8]| {
     let addresses = answer_addresses(data);
     if !addresses.is_empty() {
         let records = usize::from(u16::from_be_bytes([data[6], data[7]]));
-        assert!(addresses.len() <= records, "{} addresses from {records} records", addresses.len());
+        assert!(
+            addresses.len() <= records,
+            "{} addresses from {records} records",
+            addresses.len()
+        );
     }
     let name = query_name(data);
     if let Some(answer) = servfail(data) {

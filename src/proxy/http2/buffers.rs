@@ -55,7 +55,7 @@ impl InBuf {
         self.end += n;
     }
 
-    fn append(&mut self, bytes: &[u8]) {
+    pub(super) fn append(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
             self.space(bytes.len())[..bytes.len()].copy_from_slice(bytes);
             self.filled(bytes.len());
@@ -119,6 +119,19 @@ impl OutBuf {
             self.written = 0;
         }
     }
+}
+
+/// Writes all that `out` holds, however many writes that takes (`poll_write_all` returns after one that
+/// filled the socket's buffer, so that the relay can read meanwhile).
+pub(super) fn poll_write_rest<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    out: &mut OutBuf,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while out.pending() > 0 {
+        std::task::ready!(poll_write_all(io, out, cx))?;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Writes what `out` holds; Ready(true) when something was written, Ready(false) when there was nothing.

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant as Clock, Sleep};
 use zeroize::Zeroize;
 
-use super::buffers::{poll_read_frames, poll_write_all, InBuf, OutBuf};
+use super::buffers::{poll_read_frames, poll_write_all, poll_write_rest, InBuf, OutBuf};
 use super::machine::{Core, End, HEADER_TIMEOUT, SHRINK_AFTER};
 use super::scope::Scope;
 use super::upstream::Upstream;
@@ -202,7 +202,7 @@ where
             let _ = tokio::join!(
                 poll_fn(|cx| log.poll_drain(cx)),
                 async {
-                    if poll_fn(|cx| poll_write_all(client, to_client, cx))
+                    if poll_fn(|cx| poll_write_rest(client, to_client, cx))
                         .await
                         .is_ok()
                         && client.shutdown().await.is_ok()
@@ -211,7 +211,7 @@ where
                     }
                 },
                 async {
-                    if poll_fn(|cx| poll_write_all(upstream, to_upstream, cx))
+                    if poll_fn(|cx| poll_write_rest(upstream, to_upstream, cx))
                         .await
                         .is_ok()
                     {
