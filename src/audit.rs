@@ -119,7 +119,7 @@ pub struct TokenRecord {
 /// What goes into the log: one line each.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-pub(crate) enum Entry {
+pub enum Entry {
     Record(Record),
     Token(TokenRecord),
 }
@@ -256,7 +256,7 @@ pub struct PolledLog {
 }
 
 impl PolledLog {
-    pub(crate) fn new(queue: mpsc::Sender<Entry>) -> Self {
+    pub fn new(queue: mpsc::Sender<Entry>) -> Self {
         PolledLog {
             queue: PollSender::new(queue),
             waiting: VecDeque::new(),
