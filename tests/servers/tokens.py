@@ -74,6 +74,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from http1 import read_request
+
 ADDRESSES, CERT, KEY, LOG, CONFIG = sys.argv[1:6]
 
 config = json.load(open(CONFIG))
@@ -406,19 +408,6 @@ def read_control_file():
             pass
 
 
-async def read_body(reader, headers):
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                return body
-            body += (await reader.readexactly(size + 2))[:-2]
-    return await reader.readexactly(int(headers.get("content-length", "0")))
-
-
 async def handle(method, target, headers, body, entry):
     """The answer to one request, or None to close the connection without one."""
     global control
@@ -474,15 +463,7 @@ async def serve(reader, writer):
     number = connections
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, value = line.split(":", 1)
-                    headers[name.strip().lower()] = value.strip()
-            body = await read_body(reader, headers)
+            method, target, headers, body = await read_request(reader)
             entry = dict(time=time.time(), conn=number, method=method, path=urlsplit(target).path)
             try:
                 answer = await handle(method, target, headers, body, entry)
