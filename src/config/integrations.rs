@@ -1,12 +1,13 @@
-//! `[[integration]]`: which hosts get which headers. An integration is checked whole, when the config is
-//! read: its header names, its templates and the secrets they name, so that a request never meets one
-//! that cannot be injected.
+//! `[[integration]]`: which hosts get which headers, or an AWS signature (`aws_sigv4`). An integration is
+//! checked whole, when the config is read: its header names, its templates and the secrets they name, its
+//! signing part, so that a request never meets one that cannot be injected.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::aws_sigv4::{AwsSigV4, RawAwsSigV4};
 use super::hosts::HostPattern;
 use super::secrets::{SecretDef, SecretSource};
 use super::syntax::{ConfigError, Source};
@@ -25,6 +26,14 @@ const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
+/// Headers the AWS signature sets (`aws_sigv4`): an integration that signs cannot set them too.
+const SIGNATURE_HEADERS: &[&str] = &[
+    "authorization",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Integration {
     pub name: String,
@@ -32,6 +41,8 @@ pub struct Integration {
     /// Header names as written in the config (HTTP header names are case-insensitive).
     pub headers: BTreeMap<String, Template>,
     pub basic_auth: Option<BasicAuth>,
+    /// Each request is signed with these credentials (the client's signature removed).
+    pub aws_sigv4: Option<AwsSigV4>,
     /// The minted secrets its templates name, each once: empty for an integration of static secrets,
     /// whose requests then cost what they always did.
     pub minted: Vec<String>,
@@ -62,6 +73,7 @@ pub(super) struct RawIntegration {
     #[serde(default)]
     headers: BTreeMap<Spanned<String>, Spanned<String>>,
     basic_auth: Option<RawBasicAuth>,
+    aws_sigv4: Option<Spanned<RawAwsSigV4>>,
 }
 
 #[derive(Deserialize)]
@@ -105,17 +117,38 @@ impl RawIntegration {
                     format!("integration \"{name}\" sets header \"{header}\" and basic_auth, which also sets it; keep one"),
                 ));
             }
+            // Other headers may go with a signature: API Gateway wants an x-api-key beside IAM's.
+            if self.aws_sigv4.is_some()
+                && SIGNATURE_HEADERS
+                    .iter()
+                    .any(|signed| header.eq_ignore_ascii_case(signed))
+            {
+                return Err(src.at(
+                    span,
+                    format!("integration \"{name}\" sets header \"{header}\", which its aws_sigv4 signature sets; remove it"),
+                ));
+            }
             headers.insert(header, template(src, value, secrets)?);
         }
+        let aws_sigv4 = match self.aws_sigv4 {
+            Some(raw) if self.basic_auth.is_some() => {
+                return Err(src.at(
+                    raw.span(),
+                    format!("integration \"{name}\" has basic_auth and aws_sigv4, which both set Authorization; keep one"),
+                ))
+            }
+            Some(raw) => Some(raw.into_inner().validate(src, &self.hosts, secrets)?),
+            None => None,
+        };
         let basic_auth = match self.basic_auth {
             Some(auth) => Some(BasicAuth {
                 username: template(src, auth.username, secrets)?,
                 password: template(src, auth.password, secrets)?,
             }),
-            None if headers.is_empty() => {
+            None if headers.is_empty() && aws_sigv4.is_none() => {
                 return Err(src.at(
                     name_span,
-                    format!("integration \"{name}\" injects nothing; give it headers = {{ ... }} or basic_auth = {{ ... }}"),
+                    format!("integration \"{name}\" injects nothing; give it headers = {{ ... }}, basic_auth = {{ ... }} or aws_sigv4 = {{ ... }}"),
                 ))
             }
             None => None,
@@ -125,6 +158,7 @@ impl RawIntegration {
             hosts: self.hosts.into_inner(),
             headers,
             basic_auth,
+            aws_sigv4,
             minted: Vec::new(),
         };
         let mut minted: Vec<String> = Vec::new();

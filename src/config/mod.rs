@@ -6,13 +6,15 @@
 //! each using only the files named before it: `syntax` (what every table shares: errors that point into
 //! the file, names, absolute paths), `daemon` (`[daemon]`), `minted` (the tables of minted secrets,
 //! `[secrets.NAME.github_app]` and the like), `secrets` (`[secrets]`, and reading their values), `hosts`
-//! (host patterns), `templates` (header values with `${secret:NAME}`), `integrations` (`[[integration]]`),
-//! `profiles` (`[[profile]]`, and choosing a caller's). Here, on top: the file whole, the checks between
-//! tables (the secrets a minted secret's key fields name, the integrations a profile lists), minted
-//! secrets resolved against the static values, and `Current`, the config in force.
+//! (host patterns), `templates` (header values with `${secret:NAME}`), `aws_sigv4` (an integration's AWS
+//! signing credentials), `integrations` (`[[integration]]`), `profiles` (`[[profile]]`, and choosing a
+//! caller's). Here, on top: the file whole, the checks between tables (the secrets a minted secret's key
+//! fields name, the integrations a profile lists), minted secrets resolved against the static values, and
+//! `Current`, the config in force.
 //!
 //! The config imports the spec types of `secrets` (the minted secrets' module), never the other way.
 
+mod aws_sigv4;
 mod daemon;
 mod hosts;
 mod integrations;
@@ -22,6 +24,7 @@ mod secrets;
 mod syntax;
 mod templates;
 
+pub use aws_sigv4::{is_aws_scope_name, AwsSigV4};
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
 pub use integrations::{BasicAuth, Integration};

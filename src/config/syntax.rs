@@ -89,6 +89,7 @@ fn reword(message: &str) -> String {
             ("hosts", " in [[integration]]"),
             ("allow_hosts", " in [[profile]]"),
             ("username", " in basic_auth"),
+            ("secret_access_key", " in aws_sigv4"),
             ("credential", " in a [secrets] entry"),
             ("installation_id", " in [secrets.NAME.github_app]"),
             ("token_url", " in [secrets.NAME.oauth2]"),

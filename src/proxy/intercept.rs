@@ -3,9 +3,11 @@
 //! integration's headers set. It injects nothing when the request's host is not the TLS server name (421),
 //! when the upstream's certificate is not valid for that name (502), or for methods that could reflect or
 //! smuggle the secret (TRACE, CONNECT, `Upgrade: h2c`). Bodies stream both ways; upgrades (WebSocket) tunnel
-//! after the injected handshake. Every request gets an audit record when its response ends. A request whose
-//! integration names minted secrets carries their current tokens (the `policy` decides: 503 when one has
-//! none valid), and an upstream's 401 to it has the store fetch a new one.
+//! after the injected handshake. An integration with `aws_sigv4` gets each request signed instead, its body
+//! held whole (up to `MAX_SIGNED_BODY`) where the client did not send its hash. Every request gets an audit
+//! record when its response ends. A request whose integration names minted secrets carries their current
+//! tokens (the `policy` decides: 503 when one has none valid), and an upstream's 401 to it has the store
+//! fetch a new one.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,10 +28,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::audit::{Audit, Kind, Record, Verdict};
-use crate::config::Integration;
+use crate::config::{AwsSigV4, Integration};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::http2;
-use crate::proxy::policy::{self, Values, MAX_HEADER_BYTES};
+use crate::proxy::policy::{self, sigv4, Values, MAX_HEADER_BYTES};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
 use crate::sandbox::live::Sandbox;
@@ -48,6 +50,12 @@ const MAX_HTTP2_STREAMS: u32 = 128;
 const HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A response at least this large marks its client connection as one that moves bulk data.
 const BULK_RESPONSE_BYTES: u64 = 256 * 1024;
+/// The largest body the daemon holds whole to hash for an AWS signature (DESIGN: 16 MiB): a client that
+/// sends no `x-amz-content-sha256` with a larger one gets 413.
+const MAX_SIGNED_BODY: u64 = 16 * 1024 * 1024;
+/// The most a sandbox's requests may hold of such bodies at once: beyond, 503. Without it, one sandbox's
+/// slow uploads (4096 connections of 16 MiB) could take the daemon's memory from every other.
+const MAX_SIGNING_HELD_PER_SANDBOX: u64 = 64 * 1024 * 1024;
 
 /// One intercepted TLS connection: who it belongs to and what it may carry.
 struct Intercept {
@@ -191,9 +199,12 @@ pub async fn serve(
         }
     };
     // An HTTP/2 client gets an upstream connection of its own, and its frames are relayed; when that
-    // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here.
+    // cannot be (the upstream speaks only HTTP/1.1, or failed), it is served here. So is one of an
+    // integration that signs: the relay adds one header block, made once for the connection, and passes
+    // bodies frame by frame, while a signature is made for each request over its own headers and, unless
+    // the client sent its hash, its whole body.
     let mut unreachable = None;
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") && integration.aws_sigv4.is_none() {
         // The relay cannot wait for a token: a first one being fetched is waited for here, once (a
         // secret still without one then gets each request answered 503).
         if !integration.minted.is_empty() {
@@ -451,6 +462,39 @@ struct Exchange {
     sent: Arc<AtomicU64>,
     _in_flight: InFlight,
     _open: Option<OpenRequest>,
+    /// The request body held to be signed, counted against the sandbox's limit until the response ends.
+    held: Option<HeldForSigning>,
+}
+
+/// Request-body bytes one request holds in memory to be hashed for its signature, counted in its
+/// sandbox's `Stats::signing_held` while this lives.
+struct HeldForSigning {
+    sandbox: Arc<Sandbox>,
+    bytes: u64,
+}
+
+impl HeldForSigning {
+    fn new(sandbox: Arc<Sandbox>) -> HeldForSigning {
+        HeldForSigning { sandbox, bytes: 0 }
+    }
+
+    /// Counts `n` more bytes; false when the sandbox's requests then hold more than they may.
+    fn add(&mut self, n: u64) -> bool {
+        self.bytes += n;
+        let before = self
+            .sandbox
+            .stats
+            .signing_held
+            .fetch_add(n, Ordering::Relaxed);
+        before + n <= MAX_SIGNING_HELD_PER_SANDBOX
+    }
+}
+
+impl Drop for HeldForSigning {
+    fn drop(&mut self) {
+        let held = &self.sandbox.stats.signing_held;
+        held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Intercept {
@@ -461,6 +505,7 @@ impl Intercept {
             sent: Arc::new(AtomicU64::new(0)),
             _in_flight: InFlight::start(),
             _open: self.open.as_ref().map(OpenRequests::enter),
+            held: None,
         };
         exchange.record.method = Some(request.method().to_string());
         exchange.record.path = Some(request.uri().path().to_string());
@@ -503,13 +548,15 @@ impl Intercept {
                 }
             }
         };
-        let upstream_request =
-            match self.upstream_request(request, upgrade_requested, &exchange, &tokens) {
-                Ok(request) => request,
-                Err((status, verdict, message)) => {
-                    return self.answer(exchange, status, verdict, message).await
-                }
-            };
+        let upstream_request = match self
+            .upstream_request(request, upgrade_requested, &mut exchange, &tokens)
+            .await
+        {
+            Ok(request) => request,
+            Err((status, verdict, message)) => {
+                return self.answer(exchange, status, verdict, message).await
+            }
+        };
 
         // Requests of HTTP/1.1 clients too go over HTTP/2 when the upstream offers it: the requests of
         // many client connections then share one upstream connection and its writes (HTTP/1.1 kept-alive
@@ -553,13 +600,14 @@ impl Intercept {
         }
     }
 
-    /// The request as it goes upstream: hop-by-hop headers gone, the integration's headers set, an
-    /// absolute target naming the TLS server name; or the daemon's answer when it cannot be made.
-    fn upstream_request(
+    /// The request as it goes upstream: hop-by-hop headers gone, the integration's headers set (and its
+    /// signature), an absolute target naming the TLS server name; or the daemon's answer when it cannot
+    /// be made.
+    async fn upstream_request(
         &self,
         request: Request<Incoming>,
         upgrade_requested: bool,
-        exchange: &Exchange,
+        exchange: &mut Exchange,
         tokens: &[Arc<SecretValue>],
     ) -> Result<Request<ProxyBody>, (StatusCode, Verdict, String)> {
         let (mut parts, body) = request.into_parts();
@@ -595,8 +643,131 @@ impl Intercept {
                 let message = format!("sandbox: bad request target: {error}");
                 (StatusCode::BAD_REQUEST, Verdict::Denied, message)
             })?;
-        let body = Metered::new(body, exchange.sent.clone(), None).boxed();
+        let body = Metered::new(body, exchange.sent.clone(), None);
+        let body = match &self.integration.aws_sigv4 {
+            Some(aws) => self.sign(aws, &mut parts, body, exchange).await?,
+            None => body.boxed(),
+        };
         Ok(Request::from_parts(parts, body))
+    }
+
+    /// Signs a request for an `aws_sigv4` integration, its headers as they leave (hop-by-hop headers gone,
+    /// the integration's set, its target and authority the upstream's), and gives the body to send:
+    /// the client's as it streams when it sent `x-amz-content-sha256`, else the body read whole and
+    /// hashed. What cannot be signed is answered here, before anything is sent.
+    async fn sign(
+        &self,
+        aws: &AwsSigV4,
+        parts: &mut http::request::Parts,
+        body: Metered<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<ProxyBody, (StatusCode, Verdict, String)> {
+        let refused = |refusal: policy::Refusal| {
+            let status =
+                StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let verdict = if status.is_server_error() {
+                Verdict::Error
+            } else {
+                Verdict::Denied
+            };
+            (status, verdict, refusal.message)
+        };
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = parts.uri.authority().map_or("", |a| a.as_str());
+        let signer = policy::AwsSigner::new(
+            aws,
+            &self.sandbox.secrets,
+            target.as_bytes(),
+            &parts.headers,
+            authority,
+        )
+        .map_err(refused)?;
+        let (payload, body) = match signer.payload() {
+            Some(payload) => (payload.clone(), body.boxed()),
+            None => self.hold_body(body, &parts.headers, exchange).await?,
+        };
+        signer
+            .sign(
+                parts.method.as_str().as_bytes(),
+                target.as_bytes(),
+                authority,
+                &payload,
+                &mut parts.headers,
+            )
+            .map_err(refused)?;
+        Ok(body)
+    }
+
+    /// A body read whole to be hashed (a request without `x-amz-content-sha256`): its hash, and the body
+    /// to send, with its trailers if it had any. Over `MAX_SIGNED_BODY`: 413; over what the sandbox's
+    /// requests may hold at once: 503.
+    async fn hold_body(
+        &self,
+        mut body: Metered<Incoming>,
+        headers: &HeaderMap,
+        exchange: &mut Exchange,
+    ) -> Result<(sigv4::PayloadHash, ProxyBody), (StatusCode, Verdict, String)> {
+        let too_large = || {
+            let message = format!(
+                "sandbox: a request body over {} MiB without x-amz-content-sha256 cannot be signed (the \
+                 daemon holds a body whole to hash it); send its SHA-256 in x-amz-content-sha256, or \
+                 UNSIGNED-PAYLOAD where the service takes it (S3)",
+                MAX_SIGNED_BODY >> 20
+            );
+            (StatusCode::PAYLOAD_TOO_LARGE, Verdict::Denied, message)
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_SIGNED_BODY) {
+            return Err(too_large());
+        }
+        let held = exchange
+            .held
+            .insert(HeldForSigning::new(self.sandbox.clone()));
+        let mut data = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                let message = format!("sandbox: the request body could not be read: {error}");
+                (StatusCode::BAD_REQUEST, Verdict::Error, message)
+            })?;
+            let frame = match frame.into_data() {
+                Ok(chunk) => {
+                    if data.len() as u64 + chunk.len() as u64 > MAX_SIGNED_BODY {
+                        return Err(too_large());
+                    }
+                    if !held.add(chunk.len() as u64) {
+                        let message = format!(
+                            "sandbox: this sandbox's requests already hold {} MiB of bodies the daemon \
+                             reads whole to sign; send fewer at once, or send x-amz-content-sha256 so \
+                             that the body streams",
+                            MAX_SIGNING_HELD_PER_SANDBOX >> 20
+                        );
+                        return Err((StatusCode::SERVICE_UNAVAILABLE, Verdict::Denied, message));
+                    }
+                    data.extend_from_slice(&chunk);
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(fields) = frame.into_trailers() {
+                trailers = Some(fields);
+            }
+        }
+        let hash = sigv4::PayloadHash::of_body(&data);
+        let data = Bytes::from(data);
+        let body = match trailers {
+            // A known length: an HTTP/1.1 upstream gets Content-Length rather than chunks.
+            None => Full::new(data)
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+            Some(trailers) => {
+                let frames = [Frame::data(data), Frame::trailers(trailers)].map(Ok);
+                StreamBody::new(futures::stream::iter(frames)).boxed()
+            }
+        };
+        Ok((hash, body))
     }
 
     /// The daemon's own answer to a request, and its audit record.
@@ -631,6 +802,7 @@ impl Intercept {
             sent,
             _in_flight,
             _open,
+            held,
         } = exchange;
         record.status = Some(response.status().as_u16());
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -664,6 +836,7 @@ impl Intercept {
             move |error: Option<String>| {
                 drop(_in_flight);
                 drop(_open);
+                drop(held);
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
                 if record.bytes_down >= BULK_RESPONSE_BYTES {
@@ -863,14 +1036,27 @@ struct Metered<B> {
     on_end: Option<OnEnd>,
 }
 
-impl<B> Metered<B> {
-    fn new(inner: B, bytes: Arc<AtomicU64>, on_end: Option<OnEnd>) -> Self {
+impl<B: Body> Metered<B> {
+    fn new(inner: B, bytes: Arc<AtomicU64>, mut on_end: Option<OnEnd>) -> Self {
+        // hyper never polls a body that is over before it begins (an empty response, a HEAD's): it
+        // ends here, rather than as one dropped unread.
+        if is_over(&inner) {
+            if let Some(on_end) = on_end.take() {
+                on_end(None);
+            }
+        }
         Metered {
             inner,
             bytes,
             on_end,
         }
     }
+}
+
+/// Whether nothing more of `body` will be read: it says it ended, or its declared length is reached
+/// (hyper stops polling there, while an HTTP/2 upstream may send its END_STREAM in a frame of its own).
+fn is_over(body: &impl Body) -> bool {
+    body.is_end_stream() || body.size_hint().exact() == Some(0)
 }
 
 impl<B> Body for Metered<B>
@@ -893,8 +1079,7 @@ where
                 if let Some(data) = frame.data_ref() {
                     self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                // hyper stops polling a body whose length it knows is reached.
-                if self.inner.is_end_stream() {
+                if is_over(&self.inner) {
                     if let Some(on_end) = self.on_end.take() {
                         on_end(None);
                     }

@@ -2,8 +2,8 @@
 //! HTTP/1.1 proxy (and hyper's HTTP/2 server) and the HTTP/2 relay both ask it, so the rule that guards the
 //! secret is written once: may this request carry it (a refusal: 421 when a name it gives is not the TLS
 //! server name, 405 for methods that could reflect it, 400 for h2c or no host, 431 for heads over the
-//! limits), and which headers it gets (the integration's, with the secrets in them). And: may a request go
-//! again when its connection failed (idempotent methods).
+//! limits), and which headers it gets (the integration's, with the secrets in them, or its AWS signature:
+//! `AwsSigner`). And: may a request go again when its connection failed (idempotent methods).
 //!
 //! Minted secrets (DESIGN step 5b): a request takes the current token of each minted secret its
 //! integration names from the store, which never waits; only when a secret has no valid token and its
@@ -11,13 +11,15 @@
 //! all the daemon answers 503 itself. The tokens a request carried are kept with it, so that an
 //! upstream's 401 tells the store which token was refused (`rejected`).
 
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{Integration, MissingSecret, SecretValues, Secrets};
+use crate::config::{AwsSigV4, Integration, MissingSecret, SecretValues, Secrets};
 use crate::secrets::store::WAIT_FOR_TOKEN;
 use crate::secrets::{SecretValue, Store, Unavailable};
 
@@ -220,6 +222,113 @@ pub fn inject(
         headers.insert(header::AUTHORIZATION, value);
     }
     Ok(())
+}
+
+thread_local! {
+    /// The signing keys of the requests this thread signed: one cache per worker thread, as each
+    /// sandbox's connections live on one worker, so a key is found without a lock or another thread's
+    /// cache line.
+    static SIGNING_KEYS: RefCell<sigv4::SigningKeys> = RefCell::default();
+}
+
+/// An `aws_sigv4` integration's signature for one request (DESIGN, "AWS SigV4"), in two steps around
+/// reading its body: [`AwsSigner::new`] refuses what cannot be signed and finds the credentials and the
+/// scope, so that nothing is read for a request that would fail; [`AwsSigner::sign`] signs the headers as
+/// they leave.
+pub struct AwsSigner<'s> {
+    credentials: sigv4::Credentials<'s>,
+    scope: sigv4::Scope,
+    /// What the client's `x-amz-content-sha256` says the body is; None: the body must be hashed.
+    payload: Option<sigv4::PayloadHash>,
+}
+
+impl<'s> AwsSigner<'s> {
+    /// For a request to `target` (path and query) that goes out to `authority`, with these headers (the
+    /// client's `Authorization` still among them: its credential scope may give region and service).
+    /// Refused (400): a presigned URL, a chunk-signed body; (500): a secret that is not loaded, a scope
+    /// that cannot be told.
+    pub fn new(
+        aws: &'s AwsSigV4,
+        secrets: &'s Secrets,
+        target: &[u8],
+        headers: &HeaderMap,
+        authority: &str,
+    ) -> Result<AwsSigner<'s>, Refusal> {
+        sigv4::check_not_presigned(target)?;
+        let payload = headers
+            .get(sigv4::X_AMZ_CONTENT_SHA256)
+            .map(|value| sigv4::PayloadHash::from_header(value.as_bytes()))
+            .transpose()?;
+        // The same lookup as a template's, so that a secret's current value signs.
+        let secret = |name: &str| {
+            secrets
+                .get(name)
+                .map(|value| value.expose())
+                .ok_or_else(|| Refusal {
+                    status: 500,
+                    message: format!(
+                        "sandbox: secret {name:?} is not loaded; see the daemon's log"
+                    ),
+                })
+        };
+        let credentials = sigv4::Credentials {
+            access_key_id: &aws.access_key_id,
+            secret_access_key: secret(&aws.secret_access_key)?,
+            session_token: aws.session_token.as_deref().map(secret).transpose()?,
+        };
+        let authorization = headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let scope = sigv4::Scope::resolve(
+            aws.region.as_deref(),
+            aws.service.as_deref(),
+            authorization,
+            authority,
+        )?;
+        Ok(AwsSigner {
+            credentials,
+            scope,
+            payload,
+        })
+    }
+
+    /// The client's payload hash, if it sent one; else the body is to be hashed whole.
+    pub fn payload(&self) -> Option<&sigv4::PayloadHash> {
+        self.payload.as_ref()
+    }
+
+    /// Replaces the client's signature in `headers` (as they leave the daemon) with the daemon's, over
+    /// `method`, `target`, the `authority` the request goes out with, and `payload`.
+    pub fn sign(
+        &self,
+        method: &[u8],
+        target: &[u8],
+        authority: &str,
+        payload: &sigv4::PayloadHash,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Refusal> {
+        sigv4::strip_client_signature(headers);
+        let request = sigv4::Request {
+            method,
+            target,
+            host: authority.as_bytes(),
+            payload,
+        };
+        let sign = |keys: &mut sigv4::SigningKeys| {
+            let fields = sigv4::header_fields(headers);
+            let now = SystemTime::now();
+            sigv4::sign(&request, fields, &self.credentials, &self.scope, now, keys)
+        };
+        // Nothing signs while the cache is borrowed; were it, a key derived afresh signs as well.
+        let signed = SIGNING_KEYS.with(|keys| match keys.try_borrow_mut() {
+            Ok(mut keys) => sign(&mut keys),
+            Err(_) => sign(&mut sigv4::SigningKeys::default()),
+        })?;
+        for (name, value) in signed.headers {
+            headers.insert(name, value);
+        }
+        Ok(())
+    }
 }
 
 /// Whether sending a request twice has the effect of sending it once (RFC 9110 §9.2.2): such a request

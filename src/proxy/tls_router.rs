@@ -28,7 +28,8 @@ pub async fn serve(socket: TcpListener, context: Arc<ProxyContext>, workers: Arc
 }
 
 enum Route {
-    Intercept(Integration),
+    // Boxed: an integration is a few hundred bytes, the other routes a few words.
+    Intercept(Box<Integration>),
     Passthrough,
     Deny(String),
 }
@@ -71,7 +72,7 @@ fn route(sandbox: &Sandbox, destination: SocketAddr, sni: Option<&str>) -> Route
         }
     }
     match intercepted {
-        Some(integration) => Route::Intercept(integration.clone()),
+        Some(integration) => Route::Intercept(Box::new(integration.clone())),
         None => Route::Passthrough,
     }
 }
@@ -113,7 +114,7 @@ async fn handle(context: Arc<ProxyContext>, client: TcpStream, peer: SocketAddr)
                 client,
                 destination,
                 sni,
-                integration,
+                *integration,
             )
             .await;
         }

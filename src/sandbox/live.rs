@@ -55,6 +55,8 @@ pub struct Stats {
     pub bytes_up: AtomicU64,
     pub bytes_down: AtomicU64,
     pub dns_inflight: AtomicU64,
+    /// Bytes of request bodies held whole in the daemon's memory to be hashed for an AWS signature.
+    pub signing_held: AtomicU64,
 }
 
 impl Stats {

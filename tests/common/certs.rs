@@ -11,6 +11,18 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::tools::TempDir;
+
+/// The files of a set of test upstreams: a new temp dir (0755) with a new test CA's certificate in it
+/// (`ca.pem`, for the daemon's `upstream_ca`). The dir, the CA, the certificate's path.
+pub fn ca_dir(stem: &str, common_name: &str) -> (TempDir, TestCa, PathBuf) {
+    let dir = TempDir::new(stem, 0o755);
+    let ca = TestCa::new(common_name);
+    let ca_pem = dir.join("ca.pem");
+    fs::write(&ca_pem, &ca.pem).unwrap();
+    (dir, ca, ca_pem)
+}
+
 pub struct TestCa {
     pub pem: String,
     der: CertificateDer<'static>,

@@ -1,7 +1,7 @@
 //! Harness for the privileged end-to-end tests: throwaway network namespaces with test upstreams, the
 //! daemon started inside them, clients run as the unprivileged test user, and the leak checks.
 //! Everything a test creates is removed by a guard's `Drop`, also on panic. `use common::*;` brings the
-//! first seven parts below; the last four are named (`use common::tls_upstream::*;`) where needed:
+//! first seven parts below; the last five are named (`use common::tls_upstream::*;`) where needed:
 //!
 //!   tools                whether a test may run (root, tools, CI), running tools, polling, temp dirs
 //!   net                  the namespaces H and U and the veth between them (`TestNet`), `in_netns`
@@ -13,11 +13,14 @@
 //!   certs                test CAs and certificates
 //!   tls_upstream         HTTPS upstreams in U for the interception tests
 //!   upstream_processes   upstreams that are other programs (e.g. nginx) run in U
+//!   aws                  AWS's test servers (S3, a Bedrock-style API: tests/servers/aws.py) and the
+//!                        integration that signs for them
 //!   tokens               the token endpoints of minted secrets (tests/servers/tokens.py) in U
 
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod certs;
 mod clients;
 mod daemon;

@@ -6,7 +6,6 @@
 //! is written to a file only the test reads (`TokenServer::issued`), for the leak checks.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use super::certs::TestCa;
 use super::net::TestNet;
 use super::tls_upstream::make_git_repository;
 use super::tools::{describe, read_json_lines, run_tool, tool, unique_suffix, TempDir, STD_PATH};
-use super::upstream_processes::{wait_listening, ServerProcess};
+use super::upstream_processes::{add_host, wait_listening, ServerProcess};
 
 /// GitHub's API: the installation token endpoint (the daemon's default `api`) and the test API.
 pub const GITHUB_API: &str = "api.github.com";
@@ -90,12 +89,9 @@ impl TokenServer {
         let ca_pem = dir.join("ca.pem");
         fs::write(&ca_pem, &ca.pem).unwrap();
         fs::set_permissions(&ca_pem, fs::Permissions::from_mode(0o644)).unwrap();
-        let (addr4, addr6) = net.add_u_address(n);
         let mut names = vec![GITHUB_API, GITHUB, LOGIN, GOOGLE_TOKEN];
         names.extend(APIS);
-        for name in &names {
-            net.add_dns_name(name, addr4, addr6);
-        }
+        let (addr4, addr6) = add_host(net, n, &names);
         let (cert, key) = ca.write_leaf(&private_dir, "server", &names);
 
         let private = |name: &str, content: &str| {
@@ -183,21 +179,14 @@ impl TokenServer {
         let config_file = private_dir.join("config.json");
         fs::write(&config_file, format!("{config:#}")).unwrap();
 
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/servers/tokens.py");
         let args: Vec<String> = vec![
-            script.display().to_string(),
             format!("{addr4},{addr6}"),
             cert.display().to_string(),
             key.display().to_string(),
             log.display().to_string(),
             config_file.display().to_string(),
         ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = ServerProcess::spawn(net, &tool("python3"), &args, Stdio::piped());
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening", "tokens.py did not start");
+        let process = ServerProcess::python(net, "tokens.py", &args);
         wait_listening(net, SocketAddr::from((addr4, 443)));
         TokenServer {
             dir,
@@ -213,7 +202,7 @@ impl TokenServer {
             refresh_token_file,
             log,
             issued,
-            _process: ServerProcess { child: Some(child) },
+            _process: process,
         }
     }
 

@@ -39,15 +39,19 @@ pub fn skip_unless_privileged() -> bool {
     skip_if(missing_requirements(true))
 }
 
-/// [`skip_unless_privileged`], and these tools too.
+/// [`skip_unless_privileged`], and these tools too: names looked up in [`STD_PATH`], or absolute paths.
 pub fn skip_unless_privileged_with(tools: &[&str]) -> bool {
     let mut missing = missing_requirements(true);
-    missing.extend(
-        tools
-            .iter()
-            .filter(|t| find_tool(t).is_none())
-            .map(|t| format!("`{t}` not found in {STD_PATH} (scripts/test installs it)")),
-    );
+    missing.extend(tools.iter().filter_map(|t| {
+        if t.starts_with('/') {
+            (!Path::new(t).is_file())
+                .then(|| format!("{t} does not exist (scripts/test installs it)"))
+        } else {
+            find_tool(t)
+                .is_none()
+                .then(|| format!("`{t}` not found in {STD_PATH} (scripts/test installs it)"))
+        }
+    }));
     skip_if(missing)
 }
 

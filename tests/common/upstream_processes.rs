@@ -15,7 +15,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use super::certs::TestCa;
+use super::certs::{ca_dir, TestCa};
 use super::clients::RUN_TAG_VAR;
 use super::daemon::DaemonBuilder;
 use super::net::{in_netns, TestNet};
@@ -43,10 +43,7 @@ impl Default for Churn {
 
 impl Churn {
     pub fn new() -> Churn {
-        let dir = TempDir::new("churn", 0o755);
-        let ca = TestCa::new("sbx-e2e churn CA");
-        let ca_pem = dir.join("ca.pem");
-        fs::write(&ca_pem, &ca.pem).unwrap();
+        let (dir, ca, ca_pem) = ca_dir("churn", "sbx-e2e churn CA");
         Churn {
             dir,
             ca,
@@ -77,23 +74,42 @@ headers = {{ Authorization = "Bearer ${{secret:churn}}" }}
 "#
             ))
     }
+}
 
-    /// Gives U the addresses `.N` and `::N` and the resolver `name` for them.
-    fn host(&self, net: &TestNet, n: u8, name: &str) -> (Ipv4Addr, Ipv6Addr) {
-        let (v4, v6) = net.add_u_address(n);
+/// Gives U the addresses `.N` and `::N` and the resolver `names` for them.
+pub(super) fn add_host(net: &TestNet, n: u8, names: &[&str]) -> (Ipv4Addr, Ipv6Addr) {
+    let (v4, v6) = net.add_u_address(n);
+    for name in names {
         net.add_dns_name(name, v4, v6);
-        (v4, v6)
     }
+    (v4, v6)
 }
 
 /// A server process in U, tagged like the test's clients (so the test's guard finds it too); stopped
 /// (SIGTERM, then SIGKILL) when dropped.
 pub(super) struct ServerProcess {
-    pub(super) child: Option<Child>,
+    child: Option<Child>,
 }
 
 impl ServerProcess {
-    pub(super) fn spawn(net: &TestNet, program: &Path, args: &[&str], stdout: Stdio) -> Child {
+    /// `python3 tests/servers/<script> ARGS...` in U, once it printed "listening".
+    pub(super) fn python(net: &TestNet, script: &str, args: &[String]) -> ServerProcess {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/servers")
+            .join(script);
+        let script = script.display().to_string();
+        let args: Vec<&str> = std::iter::once(script.as_str())
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        let mut child = ServerProcess::spawn(net, &tool("python3"), &args, Stdio::piped());
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "listening", "{script} did not start");
+        ServerProcess { child: Some(child) }
+    }
+
+    fn spawn(net: &TestNet, program: &Path, args: &[&str], stdout: Stdio) -> Child {
         Command::new(tool("ip"))
             .args(["netns", "exec", &net.u])
             .arg(program)
@@ -157,8 +173,8 @@ impl<'n> Nginx<'n> {
     pub fn start(net: &'n TestNet, churn: &Churn, n: u8, http: &str) -> Nginx<'n> {
         let name = format!("nginx{n}.{CHURN_DOMAIN}");
         let h1_name = format!("nginx{n}-h1.{CHURN_DOMAIN}");
-        let (v4, v6) = churn.host(net, n, &name);
-        let (h1_v4, h1_v6) = churn.host(net, n + 1, &h1_name);
+        let (v4, v6) = add_host(net, n, &[&name]);
+        let (h1_v4, h1_v6) = add_host(net, n + 1, &[&h1_name]);
         let dir = churn.dir.join(format!("nginx{n}"));
         let www = dir.join("www");
         fs::create_dir_all(&www).unwrap();
@@ -274,32 +290,22 @@ impl PythonServer {
 
     fn start(net: &TestNet, churn: &Churn, n: u8, script: &str, extra: &[&str]) -> Self {
         let name = format!("py{n}.{CHURN_DOMAIN}");
-        let (v4, v6) = churn.host(net, n, &name);
+        let (v4, v6) = add_host(net, n, &[&name]);
         let (cert, key) = churn
             .ca
             .write_leaf(churn.dir.path(), &format!("py{n}"), &[&name]);
         let log = churn.dir.join(format!("py{n}.jsonl"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/servers")
-            .join(script);
         let mut args = vec![
-            script.display().to_string(),
             format!("{v4},{v6}"),
             cert.display().to_string(),
             key.display().to_string(),
             log.display().to_string(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = ServerProcess::spawn(net, &tool("python3"), &args, Stdio::piped());
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "listening", "{script:?} did not start");
         PythonServer {
             name,
             log,
-            _process: ServerProcess { child: Some(child) },
+            _process: ServerProcess::python(net, script, &args),
         }
     }
 

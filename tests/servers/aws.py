@@ -1,9 +1,10 @@
 """AWS as the SigV4 tests need it: an S3 endpoint and a JSON API endpoint (Bedrock-style) that check every
 request's signature with botocore's own signer (python3-botocore), code the daemon does not share.
 
-Usage: aws.py [--port PORT] [--region REGION] ADDRESSES CERT KEY LOG CREDENTIALS
+Usage: aws.py [--port PORT] [--region REGION] [--h2] ADDRESSES CERT KEY LOG CREDENTIALS
 
-Listens on PORT (443) of each of ADDRESSES (comma-separated; TLS with CERT and KEY, ALPN http/1.1).
+Listens on PORT (443) of each of ADDRESSES (comma-separated; TLS with CERT and KEY, ALPN http/1.1, and h2
+too with --h2: python3-h2).
 CREDENTIALS is a JSON file {"access_key_id": ..., "secret_access_key": ..., "session_token": ...} (the
 token optional): the real credentials, the only ones that verify; a file, so that the secret is in no
 command line. REGION (us-east-1) is the region both endpoints are in. Prints "listening" once it is.
@@ -24,7 +25,7 @@ A request that does not verify is answered 403 with an AWS-style error (S3's XML
 x-amzn-ErrorType and JSON body) and changes nothing. Every request is a JSON line in LOG:
 {"method": M, "path": P, "query": Q, "verified": true|false, "access_key_id": A, "reason": R,
  "status": S, "error": E, "service": "s3"|"bedrock", "signed_headers": H, "content_sha256": C, "body": B,
- "expected_canonical_request": X}
+ "expected_canonical_request": X, "protocol": "HTTP/1.1"|"HTTP/2"}
 A: the access key id the request was signed with, or null. R: why it did not verify, or "" when it did.
 E: the AWS error code of the answer, or null. H: the SignedHeaders of its Authorization. C: its
 x-amz-content-sha256, or null. B: the length of its body as decoded (aws-chunked removed). X: when the
@@ -60,6 +61,7 @@ from botocore.credentials import Credentials
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, default=443)
 parser.add_argument("--region", default="us-east-1")
+parser.add_argument("--h2", action="store_true")
 parser.add_argument("addresses")
 parser.add_argument("cert")
 parser.add_argument("key")
@@ -100,7 +102,8 @@ class Refused(Exception):
 
 
 class Request:
-    def __init__(self, method, target, headers, body):
+    def __init__(self, method, target, headers, body, protocol="HTTP/1.1"):
+        self.protocol = protocol
         self.method = method
         self.target = target
         self.headers = headers  # [(name, value)] as received
@@ -471,6 +474,7 @@ def handle(request):
                 "content_sha256": request.header("x-amz-content-sha256"),
                 "body": len(decoded),
                 "expected_canonical_request": canonical_request,
+                "protocol": request.protocol,
             }
         )
         + "\n"
@@ -534,11 +538,83 @@ async def serve(reader, writer):
         writer.close()
 
 
+# ---- HTTP/2 ----
+
+
+async def serve_h2(reader, writer):
+    """Each stream's request, once it ended, answered whole; a response larger than the flow-control
+    window waits for WINDOW_UPDATE."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+    conn.initiate_connection()
+    requests, pending = {}, {}  # stream id -> (headers, body); stream id -> response bytes left to send
+
+    def flush(stream_id):
+        data = pending[stream_id]
+        while data:
+            size = min(len(data), conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if size <= 0:
+                break
+            conn.send_data(stream_id, data[:size])
+            data = data[size:]
+        pending[stream_id] = data
+        if not data:
+            del pending[stream_id]
+            conn.end_stream(stream_id)
+
+    try:
+        while True:
+            writer.write(conn.data_to_send())
+            await writer.drain()
+            data = await reader.read(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    requests[event.stream_id] = (event.headers, bytearray())
+                elif isinstance(event, h2.events.DataReceived):
+                    requests[event.stream_id][1].extend(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    fields, body = requests.pop(event.stream_id)
+                    fields = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in fields]
+                    pseudo = dict(field for field in fields if field[0].startswith(":"))
+                    headers = [("host", pseudo.get(":authority", ""))]
+                    headers += [field for field in fields if not field[0].startswith(":")]
+                    request = Request(pseudo[":method"], pseudo[":path"], headers, bytes(body), "HTTP/2")
+                    status, answer_headers, answer = handle(request)
+                    out = [(":status", str(status))]
+                    out += [(name.lower(), str(value)) for name, value in answer_headers.items()]
+                    out.append(("content-length", str(len(answer))))
+                    head_only = request.method == "HEAD" or not answer
+                    conn.send_headers(event.stream_id, out, end_stream=head_only)
+                    if not head_only:
+                        pending[event.stream_id] = answer
+                        flush(event.stream_id)
+                elif isinstance(event, h2.events.WindowUpdated):
+                    for stream_id in list(pending):
+                        flush(stream_id)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    return
+    except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_any(reader, writer):
+    protocol = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+    await (serve_h2 if protocol == "h2" else serve)(reader, writer)
+
+
 async def main():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(ARGS.cert, ARGS.key)
-    context.set_alpn_protocols(["http/1.1"])
-    server = await asyncio.start_server(serve, ARGS.addresses.split(","), ARGS.port, ssl=context)
+    context.set_alpn_protocols(["h2", "http/1.1"] if ARGS.h2 else ["http/1.1"])
+    server = await asyncio.start_server(serve_any, ARGS.addresses.split(","), ARGS.port, ssl=context)
     print("listening", flush=True)
     async with server:
         await server.serve_forever()

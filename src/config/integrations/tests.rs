@@ -12,7 +12,7 @@ fn integrations_are_checked() {
     );
     assert_eq!(
         integration("name = \"a\"\nhosts = [\"a.com\"]\n"),
-        "t.toml:4:8: integration \"a\" injects nothing; give it headers = { ... } or basic_auth = { ... }"
+        "t.toml:4:8: integration \"a\" injects nothing; give it headers = { ... }, basic_auth = { ... } or aws_sigv4 = { ... }"
     );
     assert_eq!(
         integration("name = \"a\"\nhosts = [\"a.com\"]\nbasic_auth = { username = \"u\", password = \"p\" }\nheaders = { X = \"1\", authorization = \"x\" }\n"),

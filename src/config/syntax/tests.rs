@@ -25,7 +25,7 @@ fn unknown_keys_name_their_table() {
     );
     assert_eq!(
         integration("name = \"a\"\nhost = [\"a.com\"]\n"),
-        "t.toml:5:1: unknown key \"host\" in [[integration]]; expected one of: name, hosts, headers, basic_auth"
+        "t.toml:5:1: unknown key \"host\" in [[integration]]; expected one of: name, hosts, headers, basic_auth, aws_sigv4"
     );
     assert_eq!(
         integration(

@@ -38,6 +38,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
 use super::Refusal;
+// The config checks the integration's region and service by the same rule, and sits below the proxy.
+use crate::config::is_aws_scope_name as is_scope_name;
 
 /// The only algorithm this signer makes (SigV4a's ECDSA is not in scope).
 pub const ALGORITHM: &str = "AWS4-HMAC-SHA256";
@@ -233,15 +235,6 @@ impl Scope {
     }
 }
 
-/// Whether `name` can be a region or service in a credential scope: what AWS uses (lower-case letters,
-/// digits, `-`), which also keeps it from breaking the `Authorization` header it goes into.
-pub fn is_scope_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
 fn looks_like_region(label: &str) -> bool {
     // us-east-1, us-gov-west-1, cn-north-1, ap-southeast-2: a two-letter area, words, a number.
     let Some((words, number)) = label.rsplit_once('-') else {
@@ -400,13 +393,15 @@ impl fmt::Debug for Signed {
 
 /// Signs `request`, whose header fields (name, value; in the order sent) are `headers`: the fields as they
 /// will leave the daemon, the client's signature already stripped. `host`, `authorization` and the
-/// fields the signature sets are taken from `request` and the signature, never from `headers`.
+/// fields the signature sets are taken from `request` and the signature, never from `headers`. The
+/// signing key comes from `keys` when it was derived there before (same key, day, region, service).
 pub fn sign<'h>(
     request: &Request<'_>,
     headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
     credentials: &Credentials<'_>,
     scope: &Scope,
     time: SystemTime,
+    keys: &mut SigningKeys,
 ) -> Result<Signed, Error> {
     sign_with(
         &Rules::for_scope(scope),
@@ -415,6 +410,7 @@ pub fn sign<'h>(
         credentials,
         scope,
         time,
+        keys,
     )
 }
 
@@ -449,7 +445,36 @@ fn sign_with<'h>(
     credentials: &Credentials<'_>,
     scope: &Scope,
     time: SystemTime,
+    keys: &mut SigningKeys,
 ) -> Result<Signed, Error> {
+    let token = check_inputs(credentials, scope)?;
+    let (amz_date, date) = amz_date(time)?;
+    let (fields, mut set) = canonical_headers(rules, request, headers, &amz_date, token)?;
+    let (canonical, signed_headers) = canonical_request(rules, request, &fields);
+    let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
+    let string_to_sign = string_to_sign(&amz_date, &credential_scope, &canonical);
+    let signature = signature(&keys.key(credentials, &date, scope), &string_to_sign);
+    let authorization = authorization(
+        credentials.access_key_id,
+        &credential_scope,
+        &signed_headers,
+        &signature,
+    )?;
+    set.insert(0, (http::header::AUTHORIZATION, authorization));
+    Ok(Signed {
+        headers: set,
+        canonical_request: canonical,
+        string_to_sign,
+    })
+}
+
+/// What must hold before anything is signed: a scope of names, an access key id that fits in
+/// `Credential=` (no `/`, `,`, `=` or spaces), a session token that fits in a header. The token's
+/// header value, marked sensitive (never HPACK-indexed), if there is one.
+fn check_inputs(
+    credentials: &Credentials<'_>,
+    scope: &Scope,
+) -> Result<Option<HeaderValue>, Error> {
     for (what, value) in [("region", &scope.region), ("service", &scope.service)] {
         if !is_scope_name(value) {
             let value = value.clone();
@@ -464,20 +489,31 @@ fn sign_with<'h>(
     {
         return Err(Error::BadCredential("access_key_id"));
     }
-    let token = match credentials.session_token {
+    match credentials.session_token {
         Some(token) => {
             let mut value =
                 HeaderValue::from_str(token).map_err(|_| Error::BadCredential("session_token"))?;
             value.set_sensitive(true);
-            Some(value)
+            Ok(Some(value))
         }
-        None => None,
-    };
-    let (amz_date, date) = amz_date(time)?;
-    let payload = request.payload.as_str();
+        None => Ok(None),
+    }
+}
 
-    // Lower-case name -> its values in order; BTreeMap sorts by name as AWS does (byte order).
-    let mut fields: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+/// Lower-case name -> its values in order; a BTreeMap sorts by name as AWS does (byte order).
+type CanonicalHeaders = BTreeMap<Vec<u8>, Vec<Vec<u8>>>;
+
+/// The signed header fields, canonical (the request's that [`Rules::signed`] picks, `host`, and those
+/// the signature sets), and the headers the signature sets: `x-amz-date`, the session token's, and
+/// `x-amz-content-sha256` where the service wants it or the client sent it.
+fn canonical_headers<'h>(
+    rules: &Rules,
+    request: &Request<'_>,
+    headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+    amz_date: &str,
+    token: Option<HeaderValue>,
+) -> Result<(CanonicalHeaders, Vec<(HeaderName, HeaderValue)>), Error> {
+    let mut fields = CanonicalHeaders::new();
     fields.insert(b"host".to_vec(), vec![canonical_value(request.host)]);
     let mut client_content_sha256 = false;
     for (name, value) in headers {
@@ -494,11 +530,12 @@ fn sign_with<'h>(
             fields.entry(name).or_default().push(canonical_value(value));
         }
     }
+    // Room for authorization too, which goes first once the signature is made.
     let mut set = Vec::with_capacity(4);
-    let date_value = HeaderValue::from_str(&amz_date).map_err(|_| Error::Clock)?;
+    let date_value = HeaderValue::from_str(amz_date).map_err(|_| Error::Clock)?;
     fields.insert(
         X_AMZ_DATE.as_str().into(),
-        vec![amz_date.clone().into_bytes()],
+        vec![amz_date.as_bytes().to_vec()],
     );
     set.push((X_AMZ_DATE, date_value));
     if let Some(token) = token {
@@ -509,6 +546,7 @@ fn sign_with<'h>(
         set.push((X_AMZ_SECURITY_TOKEN, token));
     }
     if rules.content_sha256 || client_content_sha256 {
+        let payload = request.payload.as_str();
         // A payload hash is ASCII by construction (from_header checked the client's).
         let value =
             HeaderValue::from_str(payload).map_err(|_| Error::UnknownPayload(payload.into()))?;
@@ -518,7 +556,16 @@ fn sign_with<'h>(
         );
         set.push((X_AMZ_CONTENT_SHA256, value));
     }
+    Ok((fields, set))
+}
 
+/// The canonical request (method, canonical URI, canonical query, canonical headers, signed headers,
+/// payload hash; zeroed on drop: it holds the session token) and its signed headers' list.
+fn canonical_request(
+    rules: &Rules,
+    request: &Request<'_>,
+    fields: &CanonicalHeaders,
+) -> (Zeroizing<Vec<u8>>, String) {
     let (path, query) = split_target(request.target);
     let mut canonical = Zeroizing::new(Vec::with_capacity(512));
     canonical.extend_from_slice(request.method);
@@ -528,7 +575,7 @@ fn sign_with<'h>(
     canonical_query(query.unwrap_or_default(), &mut canonical);
     canonical.push(b'\n');
     let mut signed_headers = String::new();
-    for (name, values) in &fields {
+    for (name, values) in fields {
         canonical.extend_from_slice(name);
         canonical.push(b':');
         canonical.extend_from_slice(&values.join(&b','));
@@ -542,35 +589,106 @@ fn sign_with<'h>(
     canonical.push(b'\n');
     canonical.extend_from_slice(signed_headers.as_bytes());
     canonical.push(b'\n');
-    canonical.extend_from_slice(payload.as_bytes());
+    canonical.extend_from_slice(request.payload.as_str().as_bytes());
+    (canonical, signed_headers)
+}
 
-    let credential_scope = format!("{date}/{}/{}/aws4_request", scope.region, scope.service);
-    let string_to_sign = format!(
+/// The string to sign: the algorithm, the time, the credential scope and the canonical request's hash.
+fn string_to_sign(amz_date: &str, credential_scope: &str, canonical_request: &[u8]) -> String {
+    format!(
         "{ALGORITHM}\n{amz_date}\n{credential_scope}\n{}",
-        hex(digest::digest(&digest::SHA256, &canonical).as_ref())
-    );
-    let signature = {
-        let mut secret =
-            Zeroizing::new(Vec::with_capacity(4 + credentials.secret_access_key.len()));
-        secret.extend_from_slice(b"AWS4");
-        secret.extend_from_slice(credentials.secret_access_key.as_bytes());
-        let key = hmac_sha256(&secret, date.as_bytes());
-        let key = hmac_sha256(key.as_ref(), scope.region.as_bytes());
-        let key = hmac_sha256(key.as_ref(), scope.service.as_bytes());
-        let key = hmac_sha256(key.as_ref(), b"aws4_request");
-        hex(hmac_sha256(key.as_ref(), string_to_sign.as_bytes()).as_ref())
-    };
-    let authorization = format!(
+        hex(sha256(canonical_request).as_ref())
+    )
+}
+
+/// The signature: HMAC-SHA256 of the string to sign under `kSigning`, in hex.
+fn signature(signing_key: &[u8; 32], string_to_sign: &str) -> String {
+    hex(hmac_sha256(signing_key, string_to_sign.as_bytes()).as_ref())
+}
+
+/// The `Authorization` value that carries the signature.
+fn authorization(
+    access_key_id: &str,
+    credential_scope: &str,
+    signed_headers: &str,
+    signature: &str,
+) -> Result<HeaderValue, Error> {
+    let value = format!(
         "{ALGORITHM} Credential={access_key_id}/{credential_scope}, SignedHeaders={signed_headers}, Signature={signature}"
     );
-    let authorization =
-        HeaderValue::from_str(&authorization).map_err(|_| Error::BadCredential("access_key_id"))?;
-    set.insert(0, (http::header::AUTHORIZATION, authorization));
-    Ok(Signed {
-        headers: set,
-        canonical_request: canonical,
-        string_to_sign,
-    })
+    HeaderValue::from_str(&value).map_err(|_| Error::BadCredential("access_key_id"))
+}
+
+/// How many signing keys [`SigningKeys`] holds: a few integrations, each over a day boundary.
+const MAX_SIGNING_KEYS: usize = 16;
+
+/// Signing keys derived lately. A signature's key (`kSigning`) is four HMACs away from the secret
+/// access key (over the date, the region, the service, `aws4_request`) and the same for a whole day:
+/// kept, a request costs one HMAC rather than five (most of the signer's time). Bounded: past
+/// [`MAX_SIGNING_KEYS`], another day's keys go first, then the oldest. Every key is zeroed when it goes.
+#[derive(Default)]
+pub struct SigningKeys {
+    keys: Vec<SigningKey>,
+}
+
+struct SigningKey {
+    date: String,
+    region: String,
+    service: String,
+    access_key_id: String,
+    /// The SHA-256 of the secret access key it was derived from: a key rotated under the same id (a
+    /// secret file rewritten, a new minted value) derives a new one.
+    secret: Zeroizing<[u8; 32]>,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl SigningKeys {
+    /// `kSigning` for these credentials on `date` (`20150830`) in `scope`.
+    fn key(
+        &mut self,
+        credentials: &Credentials<'_>,
+        date: &str,
+        scope: &Scope,
+    ) -> Zeroizing<[u8; 32]> {
+        let secret = sha256(credentials.secret_access_key.as_bytes());
+        let found = self.keys.iter().find(|kept| {
+            kept.date == date
+                && kept.region == scope.region
+                && kept.service == scope.service
+                && kept.access_key_id == credentials.access_key_id
+                && *kept.secret == *secret
+        });
+        if let Some(kept) = found {
+            return kept.key.clone();
+        }
+        let key = derive_signing_key(credentials.secret_access_key, date, scope);
+        if self.keys.len() >= MAX_SIGNING_KEYS {
+            self.keys.retain(|kept| kept.date == date);
+        }
+        if self.keys.len() >= MAX_SIGNING_KEYS {
+            self.keys.remove(0);
+        }
+        self.keys.push(SigningKey {
+            date: date.to_string(),
+            region: scope.region.clone(),
+            service: scope.service.clone(),
+            access_key_id: credentials.access_key_id.to_string(),
+            secret,
+            key: key.clone(),
+        });
+        key
+    }
+}
+
+/// `kSigning` = HMAC(HMAC(HMAC(HMAC("AWS4" + secret, date), region), service), "aws4_request").
+fn derive_signing_key(secret_access_key: &str, date: &str, scope: &Scope) -> Zeroizing<[u8; 32]> {
+    let mut secret = Zeroizing::new(Vec::with_capacity(4 + secret_access_key.len()));
+    secret.extend_from_slice(b"AWS4");
+    secret.extend_from_slice(secret_access_key.as_bytes());
+    let key = hmac_sha256(&secret, date.as_bytes());
+    let key = hmac_sha256(key.as_ref(), scope.region.as_bytes());
+    let key = hmac_sha256(key.as_ref(), scope.service.as_bytes());
+    hmac_sha256(key.as_ref(), b"aws4_request")
 }
 
 /// `x-amz-date` (`20150830T123600Z`) and the scope's date (`20150830`).
@@ -590,9 +708,16 @@ fn amz_date(time: SystemTime) -> Result<(String, String), Error> {
 }
 
 fn hmac_sha256(key: &[u8], data: &[u8]) -> Zeroizing<[u8; 32]> {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
+    copy32(hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data).as_ref())
+}
+
+fn sha256(data: &[u8]) -> Zeroizing<[u8; 32]> {
+    copy32(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+fn copy32(bytes: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut out = Zeroizing::new([0u8; 32]);
-    for (out, byte) in out.iter_mut().zip(tag.as_ref()) {
+    for (out, byte) in out.iter_mut().zip(bytes) {
         *out = *byte;
     }
     out

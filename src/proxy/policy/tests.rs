@@ -169,3 +169,106 @@ fn only_the_idempotent_methods_may_go_twice() {
         assert!(!is_idempotent(method.as_bytes()), "{method}");
     }
 }
+
+fn aws_config() -> crate::config::Config {
+    crate::config::Config::parse(
+        r#"
+[secrets]
+aws = { env = "UNUSED" }
+token = { env = "UNUSED_TOO" }
+[[integration]]
+name = "s3"
+hosts = ["s3.us-west-2.amazonaws.com"]
+aws_sigv4 = { access_key_id = "AKIDREAL", secret_access_key = "aws", session_token = "token" }
+"#,
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap()
+}
+
+/// The client's headers as the aws CLI sends them, signed with its dummy key.
+fn client_headers(content_sha256: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static(
+            "AWS4-HMAC-SHA256 Credential=sandbox/20260101/us-west-2/s3/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=0000",
+        ),
+    );
+    headers.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
+    headers.insert("x-amz-security-token", HeaderValue::from_static("client's"));
+    headers.insert(
+        "x-amz-content-sha256",
+        HeaderValue::from_static(content_sha256),
+    );
+    headers.insert("x-amz-meta-note", HeaderValue::from_static("kept"));
+    headers
+}
+
+#[test]
+fn an_aws_request_is_signed_with_the_real_key_in_place_of_the_clients() {
+    let config = aws_config();
+    let aws = config.integrations[0].aws_sigv4.as_ref().unwrap();
+    let secrets = Secrets::of(&[("aws", "real/secret+key"), ("token", "real-token")]);
+    let mut headers = client_headers("UNSIGNED-PAYLOAD");
+    let authority = "s3.us-west-2.amazonaws.com";
+    let signer = AwsSigner::new(aws, &secrets, b"/bucket/key", &headers, authority).unwrap();
+    assert_eq!(signer.payload(), Some(&sigv4::PayloadHash::Unsigned));
+    let payload = signer.payload().unwrap().clone();
+    signer
+        .sign(b"PUT", b"/bucket/key", authority, &payload, &mut headers)
+        .unwrap();
+    let authorization = headers[header::AUTHORIZATION].to_str().unwrap();
+    assert!(
+        authorization.starts_with("AWS4-HMAC-SHA256 Credential=AKIDREAL/"),
+        "{authorization}"
+    );
+    assert!(
+        authorization.contains("/us-west-2/s3/aws4_request"),
+        "the scope the client named"
+    );
+    assert_eq!(headers.get_all(header::AUTHORIZATION).iter().count(), 1);
+    assert_eq!(headers["x-amz-security-token"], "real-token");
+    assert!(headers["x-amz-security-token"].is_sensitive());
+    assert_ne!(headers["x-amz-date"], "20260101T000000Z");
+    assert_eq!(headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+    assert_eq!(headers["x-amz-meta-note"], "kept");
+    let everything = format!("{headers:?}");
+    assert!(!everything.contains("real/secret+key"));
+}
+
+#[test]
+fn what_cannot_be_signed_is_refused_before_the_body_is_read() {
+    let config = aws_config();
+    let aws = config.integrations[0].aws_sigv4.as_ref().unwrap();
+    let secrets = Secrets::of(&[("aws", "real/secret+key"), ("token", "real-token")]);
+    let authority = "s3.us-west-2.amazonaws.com";
+    let refusal = |target: &[u8], headers: &HeaderMap, secrets: &Secrets| {
+        AwsSigner::new(aws, secrets, target, headers, authority)
+            .err()
+            .unwrap()
+    };
+    let unsigned = client_headers("UNSIGNED-PAYLOAD");
+    let presigned = refusal(b"/b/k?X-Amz-Signature=abc", &unsigned, &secrets);
+    assert_eq!(presigned.status, 400);
+    assert!(presigned.message.contains("presigned URL"));
+    let chunked = client_headers("STREAMING-AWS4-HMAC-SHA256-PAYLOAD");
+    let chunk_signed = refusal(b"/b/k", &chunked, &secrets);
+    assert_eq!(chunk_signed.status, 400);
+    assert!(chunk_signed.message.contains("chunk-signed upload"));
+    let no_token = Secrets::of(&[("aws", "real/secret+key")]);
+    let missing = refusal(b"/b/k", &unsigned, &no_token);
+    assert_eq!(
+        (missing.status, missing.message.as_str()),
+        (
+            500,
+            "sandbox: secret \"token\" is not loaded; see the daemon's log"
+        )
+    );
+    let hashed = client_headers("UNSIGNED-PAYLOAD");
+    let mut no_content_sha256 = hashed.clone();
+    no_content_sha256.remove("x-amz-content-sha256");
+    let signer = AwsSigner::new(aws, &secrets, b"/", &no_content_sha256, authority).unwrap();
+    assert_eq!(signer.payload(), None, "the body is to be hashed");
+}

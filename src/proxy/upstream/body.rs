@@ -67,6 +67,8 @@ impl Body for UpstreamBody {
 pub struct Http2Body {
     pub(super) stream: h2::RecvStream,
     pub(super) data_done: bool,
+    /// What is left of the length the response declared: its size hint, which reaches 0 with the last
+    /// byte even where END_STREAM comes in a frame of its own.
     pub(super) length: Option<u64>,
     pub(super) _slot: StreamSlot,
 }
@@ -98,6 +100,9 @@ impl Body for Http2Body {
             match ready!(self.stream.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = self.stream.flow_control().release_capacity(data.len());
+                    self.length = self
+                        .length
+                        .map(|left| left.saturating_sub(data.len() as u64));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),

@@ -146,6 +146,7 @@ fn run_case(case: &Path) -> Result<(), String> {
         &credentials,
         &scope,
         time,
+        &mut SigningKeys::default(),
     )
     .map_err(|error| format!("{name}: {error}"))?;
 
@@ -269,6 +270,7 @@ fn sign_as_daemon(
         &credentials(session_token),
         scope,
         suite_time(),
+        &mut SigningKeys::default(),
     )
     .unwrap()
 }
@@ -818,6 +820,7 @@ fn bad_credentials_and_clocks_are_errors() {
             credentials,
             &scope("us-east-1", "iam"),
             time,
+            &mut SigningKeys::default(),
         )
     };
     let good = credentials(None);
@@ -851,6 +854,7 @@ fn bad_credentials_and_clocks_are_errors() {
         &good,
         &scope("us-east-1", "i/am"),
         suite_time(),
+        &mut SigningKeys::default(),
     );
     assert!(matches!(
         bad_scope,
@@ -900,7 +904,96 @@ fn no_input_panics() {
                 &credentials(Some("t")),
                 &scope("us-east-1", service),
                 suite_time(),
+                &mut SigningKeys::default(),
             );
         }
     }
+}
+
+/// A kept signing key signs as a new one would; it is the same only for the same key, day, region and
+/// service; and no more than MAX_SIGNING_KEYS are kept, another day's going first.
+#[test]
+fn signing_keys_are_kept_per_key_day_and_scope_and_bounded() {
+    let empty = PayloadHash::of_body(b"");
+    let request = Request {
+        method: b"GET",
+        target: b"/",
+        host: b"iam.amazonaws.com",
+        payload: &empty,
+    };
+    let mut keys = SigningKeys::default();
+    let signature = |keys: &mut SigningKeys, credentials: &Credentials<'_>, scope: &Scope, time| {
+        let signed = sign(&request, std::iter::empty(), credentials, scope, time, keys).unwrap();
+        header(&signed, "authorization").unwrap().to_string()
+    };
+    let iam = scope("us-east-1", "iam");
+    let fresh = signature(
+        &mut SigningKeys::default(),
+        &credentials(None),
+        &iam,
+        suite_time(),
+    );
+    assert_eq!(
+        signature(&mut keys, &credentials(None), &iam, suite_time()),
+        fresh
+    );
+    assert_eq!(
+        signature(&mut keys, &credentials(None), &iam, suite_time()),
+        fresh,
+        "kept"
+    );
+    assert_eq!(keys.keys.len(), 1);
+
+    let rotated = Credentials {
+        secret_access_key: "another secret",
+        ..credentials(None)
+    };
+    let with_rotated = signature(&mut keys, &rotated, &iam, suite_time());
+    assert_ne!(
+        with_rotated, fresh,
+        "a rotated secret under the same id derives its own key"
+    );
+    assert_eq!(
+        with_rotated,
+        signature(&mut SigningKeys::default(), &rotated, &iam, suite_time())
+    );
+    let next_day = suite_time() + Duration::from_secs(86_400);
+    signature(&mut keys, &credentials(None), &iam, next_day);
+    signature(
+        &mut keys,
+        &credentials(None),
+        &scope("us-west-2", "iam"),
+        suite_time(),
+    );
+    signature(
+        &mut keys,
+        &credentials(None),
+        &scope("us-east-1", "sts"),
+        suite_time(),
+    );
+    assert_eq!(keys.keys.len(), 5);
+
+    for n in 0..MAX_SIGNING_KEYS {
+        let region = format!("region-{n}");
+        signature(
+            &mut keys,
+            &credentials(None),
+            &scope(&region, "iam"),
+            next_day,
+        );
+    }
+    assert_eq!(keys.keys.len(), MAX_SIGNING_KEYS);
+    assert!(
+        keys.keys.iter().all(|kept| kept.date == "20150831"),
+        "the other day's keys went first"
+    );
+    assert_eq!(
+        keys.keys.last().unwrap().region,
+        format!("region-{}", MAX_SIGNING_KEYS - 1)
+    );
+    assert_eq!(
+        signature(&mut keys, &credentials(None), &iam, suite_time()),
+        fresh,
+        "an evicted key is derived again"
+    );
 }
