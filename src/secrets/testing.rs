@@ -1,6 +1,7 @@
 //! Test fixtures the secrets tests share: RFC 7515 Appendix A.2's RSA key (its JWK members, and the
 //! PKCS#1 and PKCS#8 DER and PEM built from them here, so that no key file is committed) and its JWS; a
-//! local HTTPS server (127.0.0.1, a certificate made at run time) playing a token endpoint.
+//! local HTTPS server (127.0.0.1, a certificate made at run time) playing a token endpoint; a token
+//! endpoint's answer as the providers read it (`token_response`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 
 use crate::secrets::client::MAX_BODY;
+use crate::secrets::exchange::TokenResponse;
 
 /// RFC 7515 Appendix A.2: the RSA key as a JWK (its members in base64url) and the JWS it signs.
 pub const N: &str = "ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddxHmfHQp-Vaw-4qPCJrcS2mJPMEzP1Pt0Bm4d4QlL-yRT-SFd2lZS-pCgNMsD1W_YpRPEwOWvG6b32690r2jZ47soMZo9wGzjb_7OMg0LOL-bSf63kpaSHSXndS5z5rexMdbBYUsLA9e-KXBdQOS-UTo7WTBEMa2R2CapHg665xsmtdVMTBQY4uDZlxvb3qCo5ZwKh9kG4LT6_I5IhlJH7aGhyxXFvUK-DWNmoudF8NAco9_h9iaGNj8q2ethFkMLs91kzk2PAcDTW9gb54h4FRWyuXpoQ";
@@ -223,5 +225,21 @@ pub async fn https_server(alpn: &[&[u8]]) -> Server {
     Server {
         address,
         tls: Arc::new(client),
+    }
+}
+
+/// A token endpoint's answer: `status`, `headers` (name, value) and `body`.
+pub fn token_response(status: u16, headers: &[(&str, &str)], body: &str) -> TokenResponse {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        map.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    TokenResponse {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers: map,
+        body: zeroize::Zeroizing::new(body.as_bytes().to_vec()),
     }
 }

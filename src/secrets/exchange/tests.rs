@@ -1,4 +1,5 @@
 use super::*;
+use crate::secrets::testing::token_response as response;
 
 #[test]
 fn endpoints_are_https_urls_with_a_host_and_no_user_info() {
@@ -43,21 +44,6 @@ fn endpoints_are_https_urls_with_a_host_and_no_user_info() {
         github.join("/app").unwrap().to_string(),
         "https://api.github.com/app"
     );
-}
-
-fn response(status: u16, headers: &[(&str, &str)], body: &str) -> TokenResponse {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        map.insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    TokenResponse {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: map,
-        body: Zeroizing::new(body.as_bytes().to_vec()),
-    }
 }
 
 #[test]

@@ -3,6 +3,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::*;
+use crate::secrets::testing::token_response as answer;
 use crate::secrets::testing::{rsa_pem, rsa_public_der};
 
 const NOW: u64 = 1_700_000_000;
@@ -87,21 +88,6 @@ fn repositories_and_permissions_narrow_the_token_in_the_body() {
 
 fn request_body(app: &GithubApp) -> serde_json::Value {
     serde_json::from_slice(&request(app, now()).unwrap().body).unwrap()
-}
-
-fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> TokenResponse {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        map.insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    TokenResponse {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: map,
-        body: Zeroizing::new(body.as_bytes().to_vec()),
-    }
 }
 
 fn failure(status: u16, headers: &[(&str, &str)], body: &str) -> Failure {

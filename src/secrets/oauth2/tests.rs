@@ -1,6 +1,5 @@
-use http::StatusCode;
-
 use super::*;
+use crate::secrets::testing::token_response as answer;
 
 fn client(secret: Option<&str>, auth: ClientAuth) -> Oauth2 {
     Oauth2 {
@@ -104,21 +103,6 @@ fn form_encoding_is_whatwg_urlencoded() {
     let long = "%".repeat(1000);
     big.field("v", &long);
     assert_eq!(big.0.len(), 2 + 3000);
-}
-
-fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> TokenResponse {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        map.insert(
-            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    TokenResponse {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers: map,
-        body: Zeroizing::new(body.as_bytes().to_vec()),
-    }
 }
 
 fn now() -> SystemTime {
