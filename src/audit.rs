@@ -77,10 +77,13 @@ pub struct Record {
     /// refused it on without processing it).
     #[serde(skip_serializing_if = "is_zero")]
     pub retries: u32,
+    /// How many secrets were masked in the response (each run of masked bytes counts once).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub redacted: u64,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
+    *n == N::default()
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -145,6 +148,7 @@ impl Record {
             verdict: Verdict::Passed,
             error: None,
             retries: 0,
+            redacted: 0,
         }
     }
 
@@ -154,6 +158,21 @@ impl Record {
         self.duration_ms = started.elapsed().as_millis() as u64;
         self.verdict = verdict;
         self.error = error;
+    }
+
+    /// Says in the daemon's log that the request's response had secrets masked, if it had: which
+    /// integration, host and path, and how many (never what).
+    pub fn log_redacted(&self) {
+        if self.redacted > 0 {
+            tracing::warn!(
+                sandbox = %self.sandbox,
+                integration = self.integration.as_deref().unwrap_or("-"),
+                host = self.host.as_deref().unwrap_or("-"),
+                path = self.path.as_deref().unwrap_or("-"),
+                masked = self.redacted,
+                "a response gave back secrets the daemon holds; the sandbox got them masked"
+            );
+        }
     }
 }
 
@@ -342,6 +361,7 @@ mod tests {
             verdict: Verdict::Injected,
             error: None,
             retries: 0,
+            redacted: 0,
         }
     }
 

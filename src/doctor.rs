@@ -46,6 +46,13 @@ pub fn run() -> bool {
         result: detached_mount(),
         fix: "Linux 5.2 or newer (fsopen/fsmount)",
     });
+    checks.push(Check {
+        name: "Unix socket confinement",
+        result: crate::sandbox::unix_sockets::kernel_support(),
+        fix: "Linux 5.19 or newer with CONFIG_SECCOMP_FILTER and CONFIG_UNIX_DIAG (modprobe unix_diag), \
+              sysctl kernel.yama.ptrace_scope=1 or 0: \
+              without them sandboxes do not start, or their connects fail (host Unix sockets stay closed)",
+    });
     // Asked here, in the host's namespace: in the throwaway one even loopback is down.
     let ipv6 = ipv6();
     if nix::unistd::geteuid().is_root() {

@@ -7,8 +7,9 @@
 //! every connection a sandbox opens: `listener`, then `tcp_relay`, `dns` or `tls_router`, which splices or
 //! hands it to `intercept`, where `policy` decides what goes out and `upstream` sends it, or `http2` relays
 //! it) → `audit` (a line for each). `secrets` (step 5b) mints and refreshes the short-lived tokens that
-//! `policy` reads. `config` feeds them all; `daemon` starts, reloads and stops them; `doctor` checks the
-//! host.
+//! `policy` reads. `redact` masks the secrets a response gives back: a sandbox gets its needles when it
+//! starts, and the proxy masks with them. `config` feeds them all; `daemon` starts, reloads and stops them;
+//! `doctor` checks the host.
 
 pub mod audit;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod doctor;
 pub mod kernel;
 pub mod protocol;
 pub mod proxy;
+pub mod redact;
 pub mod sandbox;
 pub mod secrets;
 #[cfg(test)]

@@ -119,6 +119,9 @@ fn scope(queue: mpsc::Sender<Entry>, counted: Arc<AtomicUsize>) -> Scope {
             block,
             tokens: Vec::new(),
         })),
+        // Responses pass unmasked (`redact = false`), as the checks below expect: the secret may reach the
+        // client when a peer sent it. The matcher is fuzzed by the `redaction` target.
+        redaction: None,
         record: Record {
             time: SystemTime::UNIX_EPOCH,
             sandbox: "fuzz".into(),
@@ -138,6 +141,7 @@ fn scope(queue: mpsc::Sender<Entry>, counted: Arc<AtomicUsize>) -> Scope {
             verdict: Verdict::Passed,
             error: None,
             retries: 0,
+            redacted: 0,
         },
         log: PolledLog::new(queue),
         counted: Box::new(move |_| {

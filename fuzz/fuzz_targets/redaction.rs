@@ -1,4 +1,4 @@
-//! Fuzzes the redaction matcher (`sandbox::proxy::redact`): a stream cut into arbitrary pieces goes
+//! Fuzzes the redaction matcher (`sandbox::redact`): a stream cut into arbitrary pieces goes
 //! through a `Masker`, and what comes out must be what a naive masker that sees the whole stream at once
 //! makes: every occurrence of every needle (overlapping ones included, needles under `MIN_NEEDLE` bytes
 //! left alone) replaced by as many `*`, every other byte as it was, nothing lost or added. After each
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sandbox::proxy::redact::{Masker, Needles, MIN_NEEDLE};
+use sandbox::redact::{Masker, Needles, MIN_NEEDLE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((flags, mut rest)) = data.split_first() else {

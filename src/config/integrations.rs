@@ -1,9 +1,12 @@
-//! `[[integration]]`: which hosts get which headers, or an AWS signature (`aws_sigv4`). An integration is
-//! checked whole, when the config is read: its header names, its templates and the secrets they name, its
-//! signing part, so that a request never meets one that cannot be injected.
+//! `[[integration]]`: which hosts get which headers, or an AWS signature (`aws_sigv4`), and whether their
+//! responses are scanned for secrets (`redact`). An integration is checked whole, when the config is read:
+//! its header names, its templates and the secrets they name, its signing part, so that a request never
+//! meets one that cannot be injected.
 
 use std::collections::BTreeMap;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -43,6 +46,8 @@ pub struct Integration {
     pub basic_auth: Option<BasicAuth>,
     /// Each request is signed with these credentials (the client's signature removed).
     pub aws_sigv4: Option<AwsSigV4>,
+    /// Whether its hosts' responses are scanned for secrets and masked (`redact`, default true).
+    pub redact: bool,
     /// The minted secrets its templates name, each once: empty for an integration of static secrets,
     /// whose requests then cost what they always did.
     pub minted: Vec<String>,
@@ -65,6 +70,12 @@ pub struct BasicAuth {
     pub password: Template,
 }
 
+/// The `Authorization` value of basic auth (RFC 7617) for `user` and `password`: what the proxy sends, and
+/// what redaction masks.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    format!("Basic {}", BASE64.encode(format!("{user}:{password}")))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawIntegration {
@@ -74,6 +85,12 @@ pub(super) struct RawIntegration {
     headers: BTreeMap<Spanned<String>, Spanned<String>>,
     basic_auth: Option<RawBasicAuth>,
     aws_sigv4: Option<Spanned<RawAwsSigV4>>,
+    #[serde(default = "redact_by_default")]
+    redact: bool,
+}
+
+fn redact_by_default() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -159,6 +176,7 @@ impl RawIntegration {
             headers,
             basic_auth,
             aws_sigv4,
+            redact: self.redact,
             minted: Vec::new(),
         };
         let mut minted: Vec<String> = Vec::new();

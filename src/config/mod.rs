@@ -27,9 +27,9 @@ mod templates;
 pub use aws_sigv4::{is_aws_scope_name, AwsSigV4};
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
-pub use integrations::{BasicAuth, Integration};
+pub use integrations::{basic_credentials, BasicAuth, Integration};
 pub use minted::MintedSecret;
-pub use profiles::{Egress, Profile, ProfileError, UserMatcher};
+pub use profiles::{Egress, Profile, ProfileError, UnixSocketPattern, UserMatcher};
 pub use secrets::{SecretDef, SecretSource, Secrets};
 pub use syntax::{ConfigError, Location};
 pub use templates::{MissingSecret, SecretValues, Template};
@@ -134,6 +134,7 @@ impl Config {
                 users: raw.users,
                 egress: raw.egress,
                 allow_hosts: raw.allow_hosts,
+                unix_sockets: raw.unix_sockets,
             });
         }
 
@@ -195,10 +196,11 @@ impl Config {
     pub fn select_profile(
         &self,
         requested: Option<&str>,
+        uid: u32,
         user: &str,
         groups: &[String],
     ) -> Result<&Profile, ProfileError> {
-        profiles::select(&self.profiles, &self.path, requested, user, groups)
+        profiles::select(&self.profiles, &self.path, requested, uid, user, groups)
     }
 
     pub fn integrations_of<'a>(

@@ -92,15 +92,22 @@ impl Template {
     }
 
     pub fn render(&self, values: &impl SecretValues) -> Result<String, MissingSecret> {
+        self.render_with(|name| values.value(name))
+    }
+
+    /// As [`Template::render`], with each secret's value from `value` (redaction renders the values a
+    /// secret is injected in with the value it is changing to, or from).
+    pub fn render_with<'v>(
+        &self,
+        value: impl Fn(&str) -> Option<&'v str>,
+    ) -> Result<String, MissingSecret> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Secret(name) => out.push_str(
-                    values
-                        .value(name)
-                        .ok_or_else(|| MissingSecret(name.clone()))?,
-                ),
+                Part::Secret(name) => {
+                    out.push_str(value(name).ok_or_else(|| MissingSecret(name.clone()))?)
+                }
             }
         }
         Ok(out)

@@ -90,6 +90,7 @@ headers = {{ Authorization = "Bearer ${{secret:openai}}" }}
 name = "stripe"
 hosts = ["api.stripe.com"]
 basic_auth = {{ username = "${{secret:stripe}}", password = "" }}
+redact = false                               # default true: secrets echoed in responses are masked
 
 [[profile]]
 name = "default"
@@ -131,7 +132,8 @@ allow_hosts = []              #   its integrations and allow_hosts are reachable
     assert_eq!(openai.hosts, [HostPattern::Exact("api.openai.com".into())]);
     assert!(openai.basic_auth.is_none());
     assert!(stripe.headers.is_empty());
-    let profile = config.select_profile(None, "anyone", &[]).unwrap();
+    assert!(openai.redact && !stripe.redact);
+    let profile = config.select_profile(None, 1000, "anyone", &[]).unwrap();
     assert_eq!(profile.name, "default");
     assert_eq!(
         config

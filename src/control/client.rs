@@ -130,7 +130,7 @@ fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
     paths
         .into_iter()
         .filter_map(|path| {
-            let file = std::fs::File::open(&path).ok()?;
+            let file = open_without_symlinks(&path)?;
             let metadata = file.metadata().ok()?;
             if !metadata.is_file() {
                 return None;
@@ -150,6 +150,27 @@ fn caller_ca_files() -> Vec<(Bytes, Bytes)> {
             Some((Bytes::from(path.as_os_str()), Bytes(content)))
         })
         .collect()
+}
+
+/// Opens a CA file the caller's environment names, following no symbolic link on the way (the keeper
+/// mounts over that path, and must find there what was read); O_NONBLOCK so that a FIFO does not hang.
+fn open_without_symlinks(path: &std::ffi::OsStr) -> Option<std::fs::File> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+        Ok(fd) => Some(fd.into()),
+        Err(nix::errno::Errno::ELOOP) => {
+            eprintln!(
+                "sandbox: {} is not given the sandbox's CA: its path has a symbolic link; name the \
+                 file it leads to",
+                std::path::Path::new(path).display()
+            );
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 fn read_until_exit(stream: &UnixStream) -> Result<i32, ClientError> {

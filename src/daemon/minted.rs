@@ -2,11 +2,13 @@
 //! upstreams are verified against (the system's and `daemon.upstream_ca`) from the daemon's own network
 //! namespace, its definitions given at start and on every reload. What the store reports goes to the audit
 //! log (a line of kind `token` per fetch; the daemon log has its own line from the store) and, for a
-//! changed value, to redaction's hook.
+//! changed value, to redaction (`Redactions::value_changed`), before the value is used.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::audit::{Audit, Kind, TokenRecord, TokenVerdict};
+use crate::redact::profiles::Redactions;
 use crate::secrets::store::{FetchEvent, FetchVerdict, ValueChange};
 use crate::secrets::{Definition, HttpFetcher, Observer, Store};
 
@@ -22,10 +24,12 @@ impl Minted {
     pub fn start(
         tls: Arc<rustls::ClientConfig>,
         audit: Audit,
+        redactions: Arc<Redactions>,
         definitions: Vec<Definition>,
     ) -> Minted {
         let fetcher = Arc::new(HttpFetcher::new(tls));
-        let store = Store::new(fetcher.clone(), Arc::new(AuditObserver { audit }));
+        let observer = AuditObserver { audit, redactions };
+        let store = Store::new(fetcher.clone(), Arc::new(observer));
         store.reload(definitions);
         Minted { store, fetcher }
     }
@@ -38,8 +42,13 @@ impl Minted {
     }
 }
 
+/// A replaced token whose expiry the endpoint did not say stays masked this long: OAuth2's default
+/// lifetime, the longest a token of unknown expiry is assumed to open anything.
+const UNKNOWN_EXPIRY: Duration = Duration::from_secs(3600);
+
 struct AuditObserver {
     audit: Audit,
+    redactions: Arc<Redactions>,
 }
 
 impl Observer for AuditObserver {
@@ -61,16 +70,28 @@ impl Observer for AuditObserver {
         });
     }
 
-    /// Redaction's hook (issue 22 connects `Redactions::value_changed` here): it is to mask both values
-    /// while the previous one is still valid upstream, and its error keeps the new value unused. Until
-    /// then the change is logged, never the values.
+    /// Every live sandbox that injects the secret masks the new value from now on, and the one it
+    /// replaces until that one expires; an error keeps the new value unused (it would not be masked).
     fn value_changed(&self, change: &ValueChange<'_>) -> Result<(), String> {
-        tracing::debug!(
-            secret = change.secret,
-            current = change.current.is_some(),
-            previous = change.previous.is_some(),
-            "a minted secret's value changed"
-        );
-        Ok(())
+        let Some(current) = change.current else {
+            // A reload removed the secret: nothing injects it any more.
+            return Ok(());
+        };
+        let previous_expires_at = match change.previous_expires_at {
+            Some(at) => {
+                Instant::now()
+                    + at.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+            }
+            None => Instant::now() + UNKNOWN_EXPIRY,
+        };
+        self.redactions
+            .value_changed(
+                change.secret,
+                current.expose(),
+                change.previous.map(|previous| previous.expose()),
+                previous_expires_at,
+            )
+            .map_err(|error| format!("redaction cannot take the new value: {error}"))
     }
 }

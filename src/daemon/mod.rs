@@ -28,6 +28,7 @@ use crate::proxy::context::ProxyContext;
 use crate::proxy::upstream::{self, Upstreams};
 use crate::proxy::workers::Workers;
 use crate::proxy::{dns, listener, tcp_relay, tls_router};
+use crate::redact::profiles::Redactions;
 use crate::sandbox::lifecycle::{SandboxNetwork, Sandboxes, GRACE};
 use crate::sandbox::live::Registry;
 use crate::sandbox::pool::AddressPool;
@@ -174,13 +175,22 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     dns_addresses.extend(relay_slot.host_v6.filter(|_| ipv6).map(IpAddr::V6));
 
     let control = control::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
-    let minted = Minted::start(loaded.upstream_tls.clone(), audit.clone(), loaded.minted);
+
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let current = Arc::new(Current::new(config.clone(), Arc::new(loaded.secrets)));
     let registry = Arc::new(Registry::default());
+    // Minted secrets tell it of each new value (`Redactions::value_changed`).
+    let redactions = Arc::new(Redactions::default());
+    let minted = Minted::start(
+        loaded.upstream_tls.clone(),
+        audit.clone(),
+        redactions.clone(),
+        loaded.minted,
+    );
     let sandboxes = Arc::new(Sandboxes::new(
         current.clone(),
         registry.clone(),
+        redactions,
         pool,
         netlink,
         SandboxNetwork {
@@ -356,29 +366,63 @@ async fn remove_kernel_state(sandboxes: &Sandboxes, config: &Config) -> anyhow::
 
 /// Without its table and policy routing, a sandbox's packets to the host's own addresses would be
 /// delivered locally: the sandbox would reach the host's services. Something else on the host can remove
-/// them (`nft flush ruleset`, restarting nftables.service, `ip rule flush`), so they are checked often
-/// and put back, with the live sandboxes' elements.
+/// or change them (`nft flush ruleset` or `flush table`, restarting nftables.service, a rule deleted or
+/// replaced, `ip rule flush`), so they are put back, with the live sandboxes' elements: the table as soon
+/// as the kernel reports a change to nftables (and every GUARD_PERIOD in case a report was missed), by
+/// its content (`nft::TableShape`), not only its existence; policy routing every GUARD_PERIOD.
 async fn guard_kernel_state(
     sandboxes: Arc<Sandboxes>,
     netlink: Netlink,
     ruleset: RulesetParams,
     ipv6: bool,
 ) {
-    let rules = nft::rule_count(ruleset.clone());
+    let mut changes = nft::Changes::subscribe()
+        .inspect_err(|error| {
+            tracing::warn!(%error, "not told of nftables changes: the table is checked every 2 s only")
+        })
+        .ok();
+    let installed = match nft::read_back().await {
+        Ok(state) => state.shape,
+        Err(error) => {
+            tracing::error!(%error, "reading back the nftables table just installed");
+            return;
+        }
+    };
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        // Live sandboxes first: every one of them had its elements before it was registered.
-        let live = sandboxes.live_elements();
+        let told = async {
+            match changes.as_mut() {
+                Some(listening) => listening.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(GUARD_PERIOD) => {}
+            result = told => if let Err(error) = result {
+                tracing::warn!(%error, "not told of nftables changes any more: the table is checked every 2 s only");
+                changes = None;
+            },
+        }
+        // Live sandboxes first: every one of them had its elements before it was registered. One that
+        // ended meanwhile (no longer registered after the read) may have lost them to the reaper.
+        let before = sandboxes.live_elements();
         match nft::read_back().await {
             Ok(state) => {
-                let missing = live.iter().any(|e| !state.ifaces.contains(&e.ifname));
-                if !state.exists || missing || state.rules != rules {
+                let live = sandboxes.live_elements();
+                let missing = live.iter().filter(|e| before.contains(e)).any(|e| {
+                    !state.ifaces.contains(&e.ifname)
+                        || !state.src4.contains(&(e.ifname.clone(), e.v4))
+                        || e.v6
+                            .is_some_and(|v6| !state.src6.contains(&(e.ifname.clone(), v6)))
+                });
+                if !state.exists || missing || state.shape != installed {
                     tracing::error!(
                         table_exists = state.exists,
-                        rules = state.rules,
-                        "the nftables table inet sandbox was removed or emptied by something else; restoring it"
+                        elements_missing = missing,
+                        "the nftables table inet sandbox was removed or changed by something else; restoring it"
                     );
-                    restore_table(&ruleset, &live).await;
+                    if let Err(error) = nft::restore(ruleset.clone(), &live).await {
+                        tracing::error!(%error, "restoring the nftables table");
+                    }
                 }
             }
             Err(error) => tracing::warn!(%error, "checking the nftables table"),
@@ -404,17 +448,8 @@ async fn guard_kernel_state(
     }
 }
 
-async fn restore_table(ruleset: &RulesetParams, live: &[nft::SandboxElements]) {
-    if let Err(error) = nft::install(ruleset.clone()).await {
-        tracing::error!(%error, "restoring the nftables table");
-        return;
-    }
-    for elements in live {
-        if let Err(error) = nft::add_sandbox(elements).await {
-            tracing::error!(%error, ifname = %elements.ifname, "restoring a sandbox's elements");
-        }
-    }
-}
+/// How often the guard checks without being told of a change.
+const GUARD_PERIOD: Duration = Duration::from_secs(2);
 
 fn networks(config: &Config) -> Vec<IpNet> {
     let mut networks = vec![IpNet::V4(config.daemon.subnet)];

@@ -50,16 +50,22 @@ pub struct SandboxElements {
     pub v6: Option<Ipv6Addr>,
 }
 
-/// What the kernel holds: whether the table exists, and the elements of each set.
+/// What the kernel holds: whether the table exists, its definition, and the elements of each set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableState {
     pub exists: bool,
-    /// Rules in the table's chain: fewer than `ruleset` makes means something flushed them.
-    pub rules: usize,
+    pub shape: TableShape,
     pub ifaces: Vec<String>,
     pub src4: Vec<(String, Ipv4Addr)>,
     pub src6: Vec<(String, Ipv6Addr)>,
 }
+
+/// The table's definition as the kernel lists it: the table, its chains (hook, priority, policy), sets
+/// (types, flags) and rules in order, without handles and set elements. The guard compares it whole with
+/// the one listed after the daemon installed the table, so a rule replaced by another, a chain's policy
+/// changed or a chain added is noticed as surely as a flushed table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableShape(Vec<NfListObject<'static>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -218,15 +224,6 @@ fn blocked_destinations(family: &Family, networks: &[IpNet]) -> Vec<IpNet> {
             .map(IpNet::trunc),
     );
     blocked
-}
-
-/// How many rules `ruleset` puts in the chain.
-pub fn rule_count(params: RulesetParams) -> usize {
-    ruleset(params)
-        .objects
-        .iter()
-        .filter(|o| matches!(o, NfObject::CmdObject(NfCmd::Add(NfListObject::Rule(_)))))
-        .count()
 }
 
 /// One atomic batch that (re)creates the table: the `add` makes the `delete` succeed when no
@@ -434,9 +431,28 @@ fn to_the_listeners(tls_port: u16, tcp_port: u16, mark: u32) -> Vec<Statements> 
 
 /// Installs the table, atomically replacing any table of the same name.
 pub async fn install(params: RulesetParams) -> Result<(), NftError> {
-    helper::apply_ruleset_async(&ruleset(params))
+    restore(params, &[]).await
+}
+
+/// Installs the table with the elements of the live sandboxes, in one atomic batch: no moment passes in
+/// which a live sandbox's packets find a table without its elements (and so pass it uninspected).
+pub async fn restore(params: RulesetParams, live: &[SandboxElements]) -> Result<(), NftError> {
+    helper::apply_ruleset_async(&ruleset_with(params, live))
         .await
         .map_err(nft_error(format!("install table inet {TABLE}")))
+}
+
+/// `ruleset` followed by the elements of `live`.
+pub fn ruleset_with(params: RulesetParams, live: &[SandboxElements]) -> Nftables<'static> {
+    let mut objects = ruleset(params).objects.into_owned();
+    objects.extend(
+        live.iter()
+            .flat_map(elements)
+            .map(|element| NfObject::CmdObject(NfCmd::Add(element))),
+    );
+    Nftables {
+        objects: objects.into(),
+    }
 }
 
 /// Deletes the table; no error when there is none (nft 1.0.6 has no `destroy`, hence add+delete).
@@ -549,19 +565,12 @@ fn has_table(listing: &Nftables) -> bool {
     })
 }
 
-fn table_state(listing: &Nftables) -> Result<TableState, NftError> {
+fn table_state(listing: &Nftables<'static>) -> Result<TableState, NftError> {
     let mut state = TableState {
         exists: has_table(listing),
         ..TableState::default()
     };
-    state.rules = listing
-        .objects
-        .iter()
-        .filter(|o| {
-            matches!(o, NfObject::ListObject(NfListObject::Rule(rule))
-                if rule.family == NfFamily::INet && rule.table == TABLE && rule.chain == CHAIN)
-        })
-        .count();
+    state.shape = shape(listing);
     for object in listing.objects.iter() {
         let NfObject::ListObject(NfListObject::Set(set)) = object else {
             continue;
@@ -595,12 +604,42 @@ fn table_state(listing: &Nftables) -> Result<TableState, NftError> {
     Ok(state)
 }
 
+fn shape(listing: &Nftables<'static>) -> TableShape {
+    let definition = listing.objects.iter().filter_map(|object| {
+        let NfObject::ListObject(object) = object else {
+            return None;
+        };
+        let mut object = object.clone();
+        match &mut object {
+            NfListObject::MetainfoObject(_) => return None,
+            NfListObject::Table(table) => table.handle = None,
+            NfListObject::Chain(chain) => chain.handle = None,
+            NfListObject::Rule(rule) => rule.handle = None,
+            NfListObject::Set(set) => {
+                set.handle = None;
+                set.elem = None;
+            }
+            NfListObject::Map(map) => {
+                map.handle = None;
+                map.elem = None;
+            }
+            // Anything else in the table is no part of the ruleset: it stays, so that it differs.
+            _ => {}
+        }
+        Some(object)
+    });
+    TableShape(definition.collect())
+}
+
 fn concat_pair<'e>(parts: &'e [Expression]) -> Option<(String, &'e str)> {
     match parts {
         [Expression::String(ifname), Expression::String(addr)] => Some((ifname.to_string(), addr)),
         _ => None,
     }
 }
+
+mod changes;
+pub use changes::Changes;
 
 #[cfg(test)]
 mod tests;

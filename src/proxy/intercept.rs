@@ -4,10 +4,11 @@
 //! when the upstream's certificate is not valid for that name (502), or for methods that could reflect or
 //! smuggle the secret (TRACE, CONNECT, `Upgrade: h2c`). Bodies stream both ways; upgrades (WebSocket) tunnel
 //! after the injected handshake. An integration with `aws_sigv4` gets each request signed instead, its body
-//! held whole (up to `MAX_SIGNED_BODY`) where the client did not send its hash. Every request gets an audit
-//! record when its response ends. A request whose integration names minted secrets carries their current
-//! tokens (the `policy` decides: 503 when one has none valid), and an upstream's 401 to it has the store
-//! fetch a new one.
+//! held whole (up to `MAX_SIGNED_BODY`) where the client did not send its hash. Responses are masked on
+//! their way back (`redact`): their head, body and trailers, and a tunnel's server-to-client bytes; one in
+//! a content coding is refused (502). Every request gets an audit record when its response ends. A request
+//! whose integration names minted secrets carries their current tokens (the `policy` decides: 503 when one
+//! has none valid), and an upstream's 401 to it has the store fetch a new one.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -24,8 +25,9 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use zeroize::Zeroizing;
 
 use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{AwsSigV4, Integration};
@@ -34,6 +36,9 @@ use crate::proxy::http2;
 use crate::proxy::policy::{self, sigv4, Values, MAX_HEADER_BYTES};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
+use crate::redact::messages::{self, Redacted};
+use crate::redact::tunnel::{TunnelMasker, Unscannable};
+use crate::redact::{Masker, Needles};
 use crate::sandbox::live::Sandbox;
 use crate::secrets::SecretValue;
 
@@ -56,6 +61,8 @@ const MAX_SIGNED_BODY: u64 = 16 * 1024 * 1024;
 /// The most a sandbox's requests may hold of such bodies at once: beyond, 503. Without it, one sandbox's
 /// slow uploads (4096 connections of 16 MiB) could take the daemon's memory from every other.
 const MAX_SIGNING_HELD_PER_SANDBOX: u64 = 64 * 1024 * 1024;
+/// What a masked tunnel reads from the upstream at once.
+const TUNNEL_READ: usize = 16 * 1024;
 
 /// One intercepted TLS connection: who it belongs to and what it may carry.
 struct Intercept {
@@ -73,9 +80,9 @@ struct Intercept {
     /// Set once a response on this connection is `BULK_RESPONSE_BYTES` or more: its later requests go
     /// over HTTP/1.1 upstream connections, and an HTTP/1.1 connection may move to another worker.
     bulk: Arc<AtomicBool>,
-    /// The upstream's side of an upgrade the client's HTTP/1.1 connection has been answered 101 for: the
-    /// tunnel starts when hyper lets go of the client's stream.
-    upgraded: Mutex<Option<hyper::upgrade::OnUpgrade>>,
+    /// The upgrade the client's HTTP/1.1 connection has been answered 101 for: the tunnel starts when
+    /// hyper lets go of the client's stream.
+    upgraded: Mutex<Option<Tunnel>>,
     /// Set once a request asked for the connection to end after its response: such a connection is not
     /// moved (it would wait on the other worker for a request that never comes).
     closing: AtomicBool,
@@ -92,6 +99,39 @@ struct OpenRequests {
 
 /// One open request, from its head until its response ends.
 struct OpenRequest(Arc<OpenRequests>);
+
+/// An upgraded connection (WebSocket and the like) once its 101 is on its way: the upstream's side, and
+/// what is left to do with it.
+struct Tunnel {
+    upstream: hyper::upgrade::OnUpgrade,
+    end: TunnelEnd,
+}
+
+/// What masks the upstream's bytes when its responses are masked, and the audit record of the request
+/// that opened the tunnel, written when the tunnel ends (with the bytes each way and what was masked).
+struct TunnelEnd {
+    masker: Option<TunnelMasker>,
+    record: Record,
+    started: Instant,
+    audit: Audit,
+}
+
+impl TunnelEnd {
+    /// Writes the audit record of a tunnel that ended, or never began (`error`).
+    fn log(mut self, error: Option<String>) {
+        if let Some(masker) = &self.masker {
+            self.record.redacted += masker.redacted();
+        }
+        self.record.log_redacted();
+        let verdict = if error.is_some() {
+            Verdict::Error
+        } else {
+            Verdict::Injected
+        };
+        self.record.finish(verdict, error, self.started);
+        self.audit.log_now(self.record);
+    }
+}
 
 impl OpenRequests {
     fn new() -> Arc<OpenRequests> {
@@ -137,11 +177,13 @@ fn relay_scope(
 ) -> http2::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
     let injection = http2::Injection::new(integration, sandbox.secrets.clone(), &context.minted);
+    let redaction = integration.redact.then(|| sandbox.redaction.clone());
     let sandbox = sandbox.clone();
     http2::Scope {
         sni,
         port: destination.port(),
         injection,
+        redaction,
         record,
         log: context.audit.polled(),
         counted: Box::new(move |record: &Record| {
@@ -340,20 +382,25 @@ async fn serve_http1_here(
         return poll;
     })
     .await;
-    if let Err(error) = served {
-        tracing::debug!(%error, "intercepted connection ended with an error");
-        return;
-    }
-    let parts = connection.into_parts();
-    let mut client = parts.io.into_inner();
-    client.unread(parts.read_buf);
     let upgraded = intercept
         .upgraded
         .lock()
         .ok()
         .and_then(|mut upgraded| upgraded.take());
-    if let Some(upstream) = upgraded {
-        tunnel(client, upstream).await;
+    if let Err(error) = served {
+        tracing::debug!(%error, "intercepted connection ended with an error");
+        if let Some(tunnel) = upgraded {
+            tunnel
+                .end
+                .log(Some(format!("the client's connection ended: {error}")));
+        }
+        return;
+    }
+    let parts = connection.into_parts();
+    let mut client = parts.io.into_inner();
+    client.unread(parts.read_buf);
+    if let Some(upgraded) = upgraded {
+        tunnel(client, upgraded).await;
         return;
     }
     match slot {
@@ -460,6 +507,8 @@ struct Exchange {
     started: Instant,
     /// The request body's bytes, as they are read from the client.
     sent: Arc<AtomicU64>,
+    /// What its response is masked with (those in force when it began); `None` when nothing is.
+    needles: Option<Arc<Needles>>,
     _in_flight: InFlight,
     _open: Option<OpenRequest>,
     /// The request body held to be signed, counted against the sandbox's limit until the response ends.
@@ -503,6 +552,11 @@ impl Intercept {
             record: self.record.clone(),
             started: Instant::now(),
             sent: Arc::new(AtomicU64::new(0)),
+            needles: self
+                .integration
+                .redact
+                .then(|| self.sandbox.redaction.needles())
+                .filter(|needles| !needles.is_empty()),
             _in_flight: InFlight::start(),
             _open: self.open.as_ref().map(OpenRequests::enter),
             held: None,
@@ -588,6 +642,17 @@ impl Intercept {
                 if response.status() == StatusCode::UNAUTHORIZED && !tokens.is_empty() {
                     policy::rejected(&self.integration, &self.context.minted, &tokens);
                 }
+                let head_request = exchange.record.method.as_deref() == Some("HEAD");
+                let refused = exchange
+                    .needles
+                    .as_ref()
+                    .and_then(|_| messages::unscannable(&response, head_request));
+                if let Some(why) = refused {
+                    let message = format!("sandbox: {why}");
+                    return self
+                        .answer(exchange, StatusCode::BAD_GATEWAY, Verdict::Error, message)
+                        .await;
+                }
                 self.respond(response, lease, exchange, upgrade_requested, client_version)
             }
             Err(error) => {
@@ -623,6 +688,15 @@ impl Intercept {
         if let Err(reason) = policy::inject(&mut parts.headers, &self.integration, &values) {
             let message = format!("sandbox: {reason}; see the daemon's log");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, Verdict::Error, message));
+        }
+        if self.integration.redact {
+            // A body the daemon can scan: an upstream that compresses anyway is refused (`proxy`).
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            // permessage-deflate would compress a WebSocket's frames past scanning.
+            parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         }
         let authority = if self.destination.port() == 443 {
             self.sni.clone()
@@ -800,18 +874,41 @@ impl Intercept {
             mut record,
             started,
             sent,
+            needles,
             _in_flight,
             _open,
             held,
         } = exchange;
         record.status = Some(response.status().as_u16());
+        let masked_in_head = needles.as_ref().map_or(0, |needles| {
+            messages::mask_headers(response.headers_mut(), needles)
+                + messages::mask_reason(&mut response, needles)
+        });
+        let mut tunnelled = false;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection now belongs to the tunnel.
             lease = None;
             if upgrade_requested {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tunnelled = true;
+                let websocket = response
+                    .headers()
+                    .get(header::UPGRADE)
+                    .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                let mut record = record.clone();
+                record.redacted = masked_in_head;
+                let tunnel = Tunnel {
+                    upstream: hyper::upgrade::on(&mut response),
+                    end: TunnelEnd {
+                        masker: needles
+                            .as_ref()
+                            .map(|needles| TunnelMasker::new(needles.clone(), websocket)),
+                        record,
+                        started,
+                        audit: self.audit.clone(),
+                    },
+                };
                 if let Ok(mut upgraded) = self.upgraded.lock() {
-                    *upgraded = Some(upstream_upgrade);
+                    *upgraded = Some(tunnel);
                 }
             }
         } else if response.version() < Version::HTTP_2 {
@@ -830,15 +927,23 @@ impl Intercept {
         let audit = self.audit.clone();
         let (parts, body) = response.into_parts();
         let received = Arc::new(AtomicU64::new(0));
+        let masked_in_body = Arc::new(AtomicU64::new(0));
         let finished = {
             let received = received.clone();
+            let masked_in_body = masked_in_body.clone();
             let bulk = self.bulk.clone();
             move |error: Option<String>| {
                 drop(_in_flight);
                 drop(_open);
                 drop(held);
+                if tunnelled {
+                    // Its record is written when the tunnel ends (`tunnel`).
+                    return;
+                }
                 record.bytes_up = sent.load(Ordering::Relaxed);
                 record.bytes_down = received.load(Ordering::Relaxed);
+                record.redacted = masked_in_head + masked_in_body.load(Ordering::Relaxed);
+                record.log_redacted();
                 if record.bytes_down >= BULK_RESPONSE_BYTES {
                     bulk.store(true, Ordering::Relaxed);
                 }
@@ -855,10 +960,15 @@ impl Intercept {
                 audit.log_now(record);
             }
         };
-        Response::from_parts(
-            parts,
-            Metered::new(body, received, Some(Box::new(finished))).boxed(),
-        )
+        let finished: OnEnd = Box::new(finished);
+        let body = match needles {
+            Some(needles) => {
+                let body = Redacted::new(body, Masker::new(needles), masked_in_body);
+                Metered::new(body, received, Some(finished)).boxed()
+            }
+            None => Metered::new(body, received, Some(finished)).boxed(),
+        };
+        Response::from_parts(parts, body)
     }
 }
 
@@ -964,13 +1074,76 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Copies bytes both ways between the client's stream and the upgraded upstream connection (WebSocket
-/// and the like).
-async fn tunnel(mut client: Prefixed<ClientStream>, upstream: hyper::upgrade::OnUpgrade) {
-    let Ok(upstream) = upstream.await else {
-        return;
+/// and the like), the upstream's through the tunnel's masker when its responses are masked; then writes
+/// its audit record.
+async fn tunnel(client: Prefixed<ClientStream>, tunnel: Tunnel) {
+    let Tunnel { upstream, mut end } = tunnel;
+    let ended = match upstream.await {
+        Ok(upstream) => copy_tunnel(client, TokioIo::new(upstream), end.masker.as_mut()).await,
+        Err(error) => Err(std::io::Error::other(error)),
     };
-    let mut upstream = TokioIo::new(upstream);
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let error = match ended {
+        Ok((up, down)) => {
+            end.record.bytes_up = up;
+            end.record.bytes_down = down;
+            None
+        }
+        Err(error) => {
+            if let Some(why) = error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<Unscannable>())
+            {
+                tracing::warn!(
+                    sandbox = %end.record.sandbox,
+                    host = end.record.host.as_deref().unwrap_or("-"),
+                    path = end.record.path.as_deref().unwrap_or("-"),
+                    "a tunnel was cut: {why}"
+                );
+            }
+            Some(format!("the tunnel ended: {error}"))
+        }
+    };
+    end.log(error);
+}
+
+/// The bytes of a tunnel each way until both ends are done: (client to upstream, upstream to client).
+async fn copy_tunnel<U: AsyncRead + AsyncWrite + Unpin>(
+    mut client: Prefixed<ClientStream>,
+    mut upstream: U,
+    masker: Option<&mut TunnelMasker>,
+) -> std::io::Result<(u64, u64)> {
+    let Some(masker) = masker else {
+        return tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    };
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let up = async {
+        let sent = tokio::io::copy(&mut client_read, &mut upstream_write).await?;
+        upstream_write.shutdown().await?;
+        Ok::<u64, std::io::Error>(sent)
+    };
+    let down = async {
+        let mut read = Zeroizing::new(vec![0u8; TUNNEL_READ]);
+        let mut out = Vec::with_capacity(TUNNEL_READ);
+        let mut received = 0u64;
+        loop {
+            out.clear();
+            let n = upstream_read.read(&mut read).await?;
+            if n == 0 {
+                masker.finish(&mut out);
+                client_write.write_all(&out).await?;
+                client_write.shutdown().await?;
+                return Ok::<u64, std::io::Error>(received);
+            }
+            received += n as u64;
+            masker
+                .push(&read[..n], &mut out)
+                .map_err(std::io::Error::other)?;
+            client_write.write_all(&out).await?;
+            client_write.flush().await?;
+        }
+    };
+    tokio::try_join!(up, down)
 }
 
 fn describe_upstream_error(

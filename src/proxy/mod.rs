@@ -12,7 +12,6 @@ pub mod http2;
 pub mod intercept;
 pub mod listener;
 pub mod policy;
-pub mod redact;
 pub mod tcp_relay;
 pub mod tls_router;
 pub mod upstream;

@@ -15,11 +15,11 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{AwsSigV4, Integration, MissingSecret, SecretValues, Secrets};
+use crate::config::{
+    basic_credentials, AwsSigV4, Integration, MissingSecret, SecretValues, Secrets,
+};
 use crate::secrets::store::WAIT_FOR_TOKEN;
 use crate::secrets::{SecretValue, Store, Unavailable};
 
@@ -215,8 +215,7 @@ pub fn inject(
     if let Some(basic) = &integration.basic_auth {
         let user = basic.username.render(values).map_err(not_loaded)?;
         let password = basic.password.render(values).map_err(not_loaded)?;
-        let encoded = BASE64.encode(format!("{user}:{password}"));
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        let mut value = HeaderValue::from_str(&basic_credentials(&user, &password))
             .map_err(|_| "basic_auth does not encode to a header".to_string())?;
         value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);

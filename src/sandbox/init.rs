@@ -2,11 +2,13 @@
 //! new network, mount, PID, IPC and UTS namespaces for itself. That process (the "keeper", still in the
 //! daemon's PID namespace) reads its instructions from the daemon, shapes the mount namespace, waits until
 //! the daemon has wired the network, then forks PID 1 of the new PID namespace. PID 1 mounts a /proc of its
-//! own, forks the command, forwards signals to it and reaps orphans; when the command exits, PID 1 exits
-//! with its status and the kernel ends everything else in the namespace. Only the command's process drops
-//! to the caller's identity, in the order that keeps it from regaining anything: bounding set while still
-//! privileged, then groups/gid/uid, then every remaining capability set, then no_new_privs, then exec, with
-//! nothing but stdin, stdout and stderr open across it.
+//! own, forks the command, forwards signals to it, reaps orphans and serves the socket filter's calls
+//! (`unix_sockets`); when the command exits, PID 1 exits with its status and the kernel ends everything
+//! else in the namespace. The command's process drops to the caller's identity in the order that keeps it
+//! from regaining anything: bounding set while still privileged, then groups/gid/uid, then every remaining
+//! capability set, then no_new_privs, then the socket filter, then exec, with nothing but stdin, stdout and
+//! stderr open across it. PID 1 drops to the caller's identity the same way once the command is forked,
+//! and makes itself non-dumpable.
 //!
 //! Everything here runs in single-threaded processes, never on a tokio thread: setns/unshare, set*id and
 //! capabilities act on the calling thread only.
@@ -16,7 +18,7 @@ mod sys;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +37,8 @@ use nix::unistd::{fork, ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{self, Bytes};
-use sys::{Linux, Sys};
+use crate::sandbox::unix_sockets;
+use sys::{Handover, Linux, Sys};
 
 /// The hidden first argument that turns this binary into the sandbox's init.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -76,8 +79,12 @@ pub struct InitSpec {
     /// Paths the sandbox must not reach (the daemon's socket and config, secret files): files are
     /// covered with /dev/null, directories with an empty read-only tmpfs.
     pub hide: Vec<PathBuf>,
-    /// Files whose content the sandbox sees replaced (resolv.conf, caller CA bundles).
+    /// Files whose content the sandbox sees replaced (resolv.conf).
     pub replace: Vec<(PathBuf, Bytes)>,
+    /// The caller's CA bundles, with the CA added, that the sandbox sees at the paths the caller named:
+    /// each path is opened without following symbolic links, as `sandbox exec` read it, and mounted onto
+    /// through that descriptor (`ScratchFs::replace_caller_file`).
+    pub caller_files: Vec<(PathBuf, Bytes)>,
     /// Distribution CA bundles the sandbox sees with `ca_pem` appended. The keeper reads them itself:
     /// they are large, and sending them with every exec would cost more than the sandbox.
     pub add_ca: Vec<PathBuf>,
@@ -86,6 +93,8 @@ pub struct InitSpec {
     pub java_keystores: Vec<PathBuf>,
     /// The soft open-files limit the command starts with: the daemon's own was raised for its relays.
     pub nofile_soft: u64,
+    /// Host Unix sockets the command may connect to (the profile's `unix_sockets`, %U the caller's uid).
+    pub unix_sockets: Vec<PathBuf>,
 }
 
 /// Starts the keeper. A command without a pre-exec hook is started with posix_spawn, whose child shares the
@@ -342,15 +351,7 @@ fn pid1(
 ) -> Result<i32, InitError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .context(|| "setting the parent-death signal".into())?;
-    let mut pipe = [PollFd::new(keeper_alive.as_fd(), PollFlags::POLLIN)];
-    poll(&mut pipe, PollTimeout::ZERO).context(|| "checking on the keeper".into())?;
-    if pipe[0]
-        .revents()
-        .is_some_and(|events| events.contains(PollFlags::POLLHUP))
-    {
-        return Err(InitError::Aborted);
-    }
-    drop(keeper_alive);
+    check_keeper(&keeper_alive)?;
     mount(
         Some("proc"),
         "/proc",
@@ -359,15 +360,90 @@ fn pid1(
         None::<&str>,
     )
     .context(|| "mounting /proc for the sandbox's PID namespace".into())?;
-    // SAFETY: PID 1 is single-threaded.
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).context(|| "making a pipe".into());
+    let (from_command, to_pid1) = pipe()?;
+    let (from_pid1, to_command) = pipe()?;
+    // SAFETY: PID 1 is single-threaded: the supervisor's thread starts after this fork.
     match unsafe { fork() }.context(|| "fork of the command".into())? {
         ForkResult::Child => {
-            let (code, reason) = run_command(&mut Linux, spec, previous_mask);
+            drop((from_command, to_command, keeper_alive));
+            let mut sys = Linux {
+                handover: Some(Handover { to_pid1, from_pid1 }),
+            };
+            let (code, reason) = run_command(&mut sys, spec, previous_mask);
             let _ = writeln!(io::stderr(), "sandbox: {reason}");
             std::process::exit(code)
         }
-        ForkResult::Parent { child } => supervise(child, forwarded),
+        ForkResult::Parent { child } => {
+            drop((to_pid1, from_pid1));
+            let serving = become_supervisor(&mut Linux { handover: None }, spec)
+                .and_then(|()| check_keeper(&keeper_alive))
+                .and_then(|()| take_listener(child, from_command, to_command))
+                .and_then(|listener| {
+                    let Some(listener) = listener else {
+                        return Ok(()); // the command failed before its filter; it says why
+                    };
+                    let policy = unix_sockets::Policy::new(spec.unix_sockets.clone());
+                    std::thread::Builder::new()
+                        .name("sandbox-sockets".into())
+                        .spawn(move || unix_sockets::serve(listener, policy))
+                        .map(drop)
+                        .context(|| "starting the socket supervisor".into())
+                });
+            if let Err(error) = serving {
+                let _ = kill(child, Signal::SIGKILL);
+                return Err(error);
+            }
+            drop(keeper_alive);
+            supervise(child, forwarded)
+        }
     }
+}
+
+/// Fails if the keeper has died: PID 1 cannot ask getppid() (its parent is outside its PID namespace)
+/// whether that happened before its parent-death signal was set.
+fn check_keeper(keeper_alive: &OwnedFd) -> Result<(), InitError> {
+    let mut pipe = [PollFd::new(keeper_alive.as_fd(), PollFlags::POLLIN)];
+    poll(&mut pipe, PollTimeout::ZERO).context(|| "checking on the keeper".into())?;
+    if pipe[0]
+        .revents()
+        .is_some_and(|events| events.contains(PollFlags::POLLHUP))
+    {
+        return Err(InitError::Aborted);
+    }
+    Ok(())
+}
+
+/// PID 1 serves the socket filter's calls as the caller, so that the connects it makes for the command
+/// are checked with the caller's rights and seen by their peers as the caller's; non-dumpable, so that the
+/// command (the same user now) cannot trace it, read its memory or take its descriptors. Changing uid
+/// clears the parent-death signal: it is set again (and the keeper checked once more by the caller).
+fn become_supervisor<S: Sys>(sys: &mut S, spec: &InitSpec) -> Result<(), InitError> {
+    drop_privileges(sys, spec)?;
+    sys.set_dumpable(false)
+        .context(|| "making PID 1 non-dumpable".into())?;
+    sys.set_parent_death_signal()
+        .context(|| "setting the parent-death signal".into())
+}
+
+/// The socket filter's listener, taken from the command once it says which descriptor it is (None: the
+/// command failed before it had one). pidfd_getfd: both are the caller now, and the command made itself
+/// dumpable for this.
+fn take_listener(
+    command: Pid,
+    from_command: OwnedFd,
+    to_command: OwnedFd,
+) -> Result<Option<OwnedFd>, InitError> {
+    let mut number = [0u8; 4];
+    if File::from(from_command).read_exact(&mut number).is_err() {
+        return Ok(None);
+    }
+    let taken = unix_sockets::take_listener(command.as_raw(), i32::from_ne_bytes(number));
+    let answer = if taken.is_ok() { b"k" } else { b"x" };
+    let _ = File::from(to_command).write_all(answer);
+    taken
+        .map(Some)
+        .context(|| "taking the socket filter from the command".into())
 }
 
 /// Becomes the command. Returns only on failure, with the exit status that failure should have and why.
@@ -383,6 +459,7 @@ fn run_command<S: Sys>(sys: &mut S, spec: &InitSpec, previous_mask: &SigSet) -> 
         sys.only_stdio_on_exec()
             .context(|| "keeping the daemon's descriptors from the command".into())
     });
+    let result = result.and_then(|()| confine_unix_sockets(sys));
     if let Err(error) = result {
         return (EXIT_NO_SANDBOX, error.to_string());
     }
@@ -420,6 +497,11 @@ fn become_caller<S: Sys>(
         sys.take_terminal()
             .context(|| "taking the terminal as controlling terminal".into())?;
     }
+    drop_privileges(sys, spec)
+}
+
+/// The caller's identity and no more, for the command and for PID 1.
+fn drop_privileges<S: Sys>(sys: &mut S, spec: &InitSpec) -> Result<(), InitError> {
     drop_bounding_set(sys)?;
     let groups: Vec<Gid> = spec.groups.iter().map(|&gid| Gid::from_raw(gid)).collect();
     sys.set_groups(&groups)
@@ -442,6 +524,21 @@ fn become_caller<S: Sys>(
     sys.set_no_new_privs()
         .context(|| "setting no_new_privs".into())?;
     Ok(())
+}
+
+/// The last step before exec: the socket filter, whose listener goes to PID 1. PID 1 takes it with
+/// pidfd_getfd, which the kernel allows a process of the same user only while this one is dumpable:
+/// changing uid made it not, and exec sets it again as the command's binary says.
+fn confine_unix_sockets<S: Sys>(sys: &mut S) -> Result<(), InitError> {
+    sys.set_dumpable(true)
+        .context(|| "letting PID 1 take the socket filter".into())?;
+    let listener = sys.install_socket_filter().context(|| {
+        "installing the socket filter (seccomp user notification, Linux 5.19 or newer; \
+         see `sandbox doctor`)"
+            .into()
+    })?;
+    sys.hand_over_listener(listener)
+        .context(|| "handing the socket filter to PID 1".into())
 }
 
 /// Empties the bounding set through prctl rather than a fixed list, so capabilities newer than any
@@ -517,12 +614,15 @@ fn prepare_mounts(spec: &InitSpec) -> Result<(), InitError> {
     for path in &spec.hide {
         hide(path)?;
     }
-    if spec.replace.is_empty() && spec.add_ca.is_empty() {
+    if spec.replace.is_empty() && spec.caller_files.is_empty() && spec.add_ca.is_empty() {
         return Ok(());
     }
     let scratch = ScratchFs::new()?;
     for (path, content) in &spec.replace {
         scratch.replace(path, &content.0)?;
+    }
+    for (path, content) in &spec.caller_files {
+        scratch.replace_caller_file(path, &content.0)?;
     }
     let mut java_keystore = None;
     for path in &spec.add_ca {
@@ -596,6 +696,55 @@ fn bind_read_only(source: &Path, target: &Path) -> nix::Result<()> {
     )
 }
 
+/// Mounts a read-only clone of `source` (a file) onto `target` (an O_PATH descriptor), with the new mount
+/// API: no path is looked up.
+fn move_read_only_copy(source: BorrowedFd, target: BorrowedFd) -> io::Result<()> {
+    let check = |result: libc::c_long| {
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    // SAFETY: open_tree with a valid descriptor and an empty C string; the new descriptor is owned once.
+    let tree = unsafe {
+        let tree = check(libc::syscall(
+            libc::SYS_open_tree,
+            source.as_raw_fd(),
+            c"".as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        ))?;
+        OwnedFd::from_raw_fd(tree as RawFd)
+    };
+    let attributes = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads one mount_attr of the given size; move_mount takes two descriptors and
+    // empty C strings.
+    unsafe {
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attributes as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        ))?;
+    }
+    Ok(())
+}
+
 /// A tmpfs that is mounted nowhere (new mount API): files made in it can be bind-mounted over host
 /// files without ever having a name that another process could see or that could be left behind.
 struct ScratchFs {
@@ -638,18 +787,46 @@ impl ScratchFs {
             return Ok(());
         }
         let what = || format!("replacing {} inside the sandbox", target.display());
+        let file = self.file(target, content).context(what)?;
+        let source = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        bind_read_only(&source, target).context(what)
+    }
+
+    /// `content` in a file of its own, named after `target`.
+    fn file(&self, target: &Path, content: &[u8]) -> io::Result<File> {
         let name = target.to_string_lossy().replace('/', "_");
         let file = nix::fcntl::openat(
             &self.mount,
             name.as_str(),
-            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .context(what)?;
+        )?;
         let mut file = File::from(file);
-        file.write_all(content).context(what)?;
-        let source = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        bind_read_only(&source, target).context(what)
+        file.write_all(content)?;
+        Ok(file)
+    }
+
+    /// Like `replace`, for a path the caller named, which the caller may swap for a symbolic link at any
+    /// moment: the target is opened once without following any (RESOLVE_NO_SYMLINKS), must be a regular
+    /// file, and the read-only copy is moved onto that very file through its descriptor (open_tree,
+    /// mount_setattr, move_mount), never by a path resolved again. A path with a symbolic link in it, or
+    /// no longer a file, is left as it is: the sandbox sees it without the CA.
+    fn replace_caller_file(&self, path: &Path, content: &[u8]) -> Result<(), InitError> {
+        let what = || format!("replacing {} inside the sandbox", path.display());
+        let how = nix::fcntl::OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let target = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, how) {
+            Ok(target) => target,
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EACCES) => return Ok(()),
+            Err(error) => return Err(error).context(what),
+        };
+        let stat = nix::sys::stat::fstat(&target).context(what)?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(());
+        }
+        let file = self.file(path, content).context(what)?;
+        move_read_only_copy(file.as_fd(), target.as_fd()).context(what)
     }
 }
 

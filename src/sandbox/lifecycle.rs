@@ -17,11 +17,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{watch, Notify};
 
-use crate::config::{Config, Current, Integration, SecretSource};
+use crate::config::{Config, Current, Integration, Profile, SecretSource};
 use crate::kernel::host_addresses;
 use crate::kernel::netlink::{LinkSpec, LinkSpec6, Netlink};
 use crate::kernel::nft::{self, SandboxElements};
 use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, SandboxInfo};
+use crate::redact::profiles::Redactions;
 use crate::sandbox::ca::SandboxCa;
 use crate::sandbox::init::{self, InitSpec, EXIT_NO_SANDBOX};
 use crate::sandbox::live::{Caller, Registry, Resolved, Sandbox, Stats};
@@ -63,6 +64,8 @@ pub struct SandboxNetwork {
 pub struct Sandboxes {
     current: Arc<Current>,
     registry: Arc<Registry>,
+    /// What each sandbox's responses are masked with, shared between sandboxes given the same.
+    redactions: Arc<Redactions>,
     id_salt: u32,
     next_id: AtomicU32,
     pool: Mutex<AddressPool>,
@@ -77,9 +80,11 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         current: Arc<Current>,
         registry: Arc<Registry>,
+        redactions: Arc<Redactions>,
         pool: AddressPool,
         netlink: Netlink,
         network: SandboxNetwork,
@@ -93,6 +98,7 @@ impl Sandboxes {
         Sandboxes {
             current,
             registry,
+            redactions,
             id_salt,
             next_id: AtomicU32::new(0),
             pool: Mutex::new(pool),
@@ -218,6 +224,7 @@ impl Sandboxes {
         let profile = config
             .select_profile(
                 request.profile.as_deref(),
+                caller.uid,
                 &caller.user,
                 &caller.group_names,
             )
@@ -229,13 +236,23 @@ impl Sandboxes {
         let stdio: [OwnedFd; 3] = fds.try_into().map_err(|_| {
             SetupError::Refused("the request must carry stdin, stdout and stderr".into())
         })?;
+        let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
+        // Before anything is made: a sandbox whose secrets could not be masked must not start.
+        let redaction = self
+            .redactions
+            .for_sandbox(&integrations, &secrets)
+            .map_err(|error| {
+                SetupError::Refused(format!(
+                    "the secrets of profile {:?} cannot be masked in responses: {error}",
+                    profile.name
+                ))
+            })?;
         let slot = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             pool.allocate()
                 .ok_or_else(|| SetupError::PoolExhausted(self.registry.len()))?
         };
         let id = self.new_id();
-        let integrations: Vec<Integration> = config.integrations_of(&profile).cloned().collect();
         let permitted: Vec<String> = integrations
             .iter()
             .flat_map(|integration| integration.hosts.iter().map(|host| host.to_string()))
@@ -252,7 +269,14 @@ impl Sandboxes {
         };
         let mut wiring = Wiring::new(slot.clone(), self.network.ipv6);
         match self
-            .start(caller, request, stdio, &config, &ca, &mut wiring)
+            .start(
+                caller,
+                request,
+                stdio,
+                (&config, &profile),
+                &ca,
+                &mut wiring,
+            )
             .await
         {
             Ok((pid, mut keeper, mut control)) => {
@@ -262,6 +286,7 @@ impl Sandboxes {
                     profile,
                     integrations,
                     secrets,
+                    redaction,
                     ca,
                     pid,
                     command,
@@ -299,7 +324,7 @@ impl Sandboxes {
         caller: &Caller,
         request: &ExecRequest,
         stdio: [OwnedFd; 3],
-        config: &Config,
+        (config, profile): (&Config, &Profile),
         ca: &SandboxCa,
         wiring: &mut Wiring,
     ) -> Result<(u32, tokio::process::Child, UnixStream), SetupError> {
@@ -317,7 +342,7 @@ impl Sandboxes {
         wiring.keeper = Some(pid);
         init::send_stdin(&control, stdin).map_err(SetupError::Spawn)?;
 
-        let spec = self.init_spec(caller, request, config, ca);
+        let spec = self.init_spec(caller, request, config, profile, ca);
         let frame = protocol::encode(&spec).map_err(|e| SetupError::Spawn(io::Error::other(e)))?;
         let (link_spec, elements) = (wiring.link_spec(), wiring.elements());
         let wired = async {
@@ -365,6 +390,7 @@ impl Sandboxes {
         caller: &Caller,
         request: &ExecRequest,
         config: &Config,
+        profile: &Profile,
         ca: &SandboxCa,
     ) -> InitSpec {
         let trust = self.trust_plan(ca, request);
@@ -374,11 +400,10 @@ impl Sandboxes {
                     .iter()
                     .any(|bundle| path == std::path::Path::new(bundle))
             });
-        let mut replace: Vec<(PathBuf, Bytes)> = caller_bundles
+        let caller_files: Vec<(PathBuf, Bytes)> = caller_bundles
             .into_iter()
             .map(|(path, content)| (path, Bytes(content)))
             .collect();
-        replace.extend(self.replaced_files());
         let mut env: Vec<(Bytes, Bytes)> = request
             .env
             .iter()
@@ -400,11 +425,17 @@ impl Sandboxes {
             groups: caller.groups.clone(),
             tty: request.tty,
             hide: hidden_paths(config),
-            replace,
+            replace: self.replaced_files(),
+            caller_files,
             add_ca: add_ca.into_iter().map(|(path, _)| path).collect(),
             ca_pem: ca.cert_pem().to_string(),
             java_keystores: trust.java_keystores,
             nofile_soft: self.nofile_soft,
+            unix_sockets: profile
+                .unix_sockets
+                .iter()
+                .map(|pattern| pattern.for_uid(caller.uid))
+                .collect(),
         }
     }
 

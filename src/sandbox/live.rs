@@ -1,7 +1,8 @@
 //! What the rest of the daemon may read of a running sandbox: who it runs for (`Caller`), what it was given
-//! (profile, integrations, secrets, its CA), what it has done (`Stats`), the addresses its DNS lookups
-//! returned (`Resolved`), and the `Registry` that finds a sandbox by id or by address. The data plane reads
-//! sandboxes through this module only; `lifecycle` alone makes and ends them.
+//! (profile, integrations, secrets, what its responses are masked with, its CA), what it has done
+//! (`Stats`), the addresses its DNS lookups returned (`Resolved`), and the `Registry` that finds a sandbox
+//! by id or by address. The data plane reads sandboxes through this module only; `lifecycle` alone makes
+//! and ends them.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,6 +13,7 @@ use std::time::Instant;
 
 use crate::config::{Egress, Integration, Profile, Secrets};
 use crate::protocol::SandboxInfo;
+use crate::redact::profiles::ProfileRedaction;
 use crate::sandbox::ca::SandboxCa;
 use crate::sandbox::pool::Slot;
 
@@ -77,6 +79,9 @@ pub struct Sandbox {
     /// changes what new sandboxes get, never what a running one was given.
     pub integrations: Vec<Integration>,
     pub secrets: Arc<Secrets>,
+    /// What its responses are masked with: every form of those secrets (shared with the sandboxes given
+    /// the same integrations and secrets).
+    pub redaction: Arc<ProfileRedaction>,
     /// This sandbox's own CA; its key never leaves the daemon's memory.
     pub ca: SandboxCa,
     pub pid: u32,

@@ -166,11 +166,11 @@ dns = ["{dns}"]
 {daemon_toml}
 [[profile]]
 name = "default"
-users = ["*"]
+users = ["*", "root"]
 {default}
 [[profile]]
 name = "locked"
-users = ["*"]
+users = ["*", "root"]
 egress = "deny"
 {locked}
 [[profile]]

@@ -15,6 +15,7 @@
 //!   upstream_processes   upstreams that are other programs (e.g. nginx) run in U
 //!   aws                  AWS's test servers (S3, a Bedrock-style API: tests/servers/aws.py) and the
 //!                        integration that signs for them
+//!   side_doors           host Unix services recording who reached them, a 32-bit program, nft content
 //!   tokens               the token endpoints of minted secrets (tests/servers/tokens.py) in U
 
 // Each test binary includes this module and uses a different part of it.
@@ -28,6 +29,7 @@ mod leaks;
 mod net;
 mod resolver;
 mod servers;
+pub mod side_doors;
 pub mod tls_upstream;
 pub mod tokens;
 mod tools;

@@ -7,13 +7,23 @@
 //!   .3 / ::3  the good server, :443, cert from the test CA for [`GOOD_NAMES`] (and the resolver's
 //!             answer for those names);
 //!   .4 / ::4  the impostor, :443, cert for the same names plus [`EVIL_HOST`] from the other CA;
-//!   .5 / ::5  the good server again, but offering only http/1.1 in ALPN ([`H1_HOST`]).
+//!   .5 / ::5  the good server again, but offering only http/1.1 in ALPN ([`H1_HOST`]);
+//!   .6 / ::6  a raw HTTP/1.1 server ([`RAW_HOST`], cert from the test CA): one request per connection,
+//!             answered with a body that ends when the connection closes (see [`raw_server`]).
 //!
 //! Paths: `/echo` (JSON of method, target, version, host, headers; `?quiet` gives header names only),
 //! `/upload` (the body's length), `/sse` (`data: first`, then `data: second` once the test calls
 //! [`TlsUpstream::release_sse`]), `/big?mib=N` (N MiB), `/ws` (WebSocket echo after an HTTP/1.1
 //! upgrade), `/unauthorized` (401) and `/repo.git/...` (a git repository for dumb HTTP, see
 //! [`TlsUpstream::serve_git_repo`]).
+//! Paths that give back what the daemon injected (redaction tests), `h=NAME` naming the request header:
+//! `/split?h=NAME&at=N` (its value in an `x-echo` header, and in a body `[`, value, `]` sent as two
+//! chunks or DATA frames cut at its N-th byte, 10 ms apart; `&len`: with a Content-Length),
+//! `/sse-secret?h=NAME` (an event with the value's first half then other text, then, once released, one
+//! with the whole value), `/trailers?h=NAME` (the value in trailer `x-echo`), `/ws?h=NAME` (before the
+//! echo, a text message of two frames cut inside the value, and a binary one with the value; the close
+//! it answers gives it as the reason) and `/encoded/FILE?ce=CODING` (a file of
+//! [`TlsUpstream::serve_file`] in that Content-Encoding, whatever the request accepts).
 
 use std::convert::Infallible;
 use std::fs;
@@ -59,6 +69,8 @@ pub const EVIL_HOST: &str = "evil.test";
 pub const NOCERT_HOST: &str = "nocert.test";
 /// Also in integration `api`; served by a good server that speaks only HTTP/1.1.
 pub const H1_HOST: &str = "h1.test";
+/// Also in integration `api`; served by [`raw_server`] (HTTP/1.1, bodies delimited by the close).
+pub const RAW_HOST: &str = "raw.test";
 pub const GOOD_NAMES: &[&str] = &[
     API_HOST,
     BASIC_HOST,
@@ -66,6 +78,7 @@ pub const GOOD_NAMES: &[&str] = &[
     ALLOWED_HOST,
     OTHER_HOST,
     H1_HOST,
+    RAW_HOST,
 ];
 pub const TEST_CA_CN: &str = "sbx-e2e test CA";
 pub const OTHER_CA_CN: &str = "sbx-e2e other CA";
@@ -171,6 +184,9 @@ pub struct TlsUpstream {
     /// The good server without h2 ([`H1_HOST`]).
     pub h1_4: Ipv4Addr,
     pub h1_6: Ipv6Addr,
+    /// The raw server ([`RAW_HOST`]).
+    pub raw4: Ipv4Addr,
+    pub raw6: Ipv6Addr,
     /// The value of secret `t` (header integration `api`), from the daemon's environment.
     pub secret: String,
     /// The value of secret `b` (basic_auth integration `basic`), from a file.
@@ -194,13 +210,15 @@ impl TlsUpstream {
         let evil6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 4);
         let h1_4 = Ipv4Addr::new(a, b, c, 5);
         let h1_6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 5);
-        for addr in [good4, evil4, h1_4] {
+        let raw4 = Ipv4Addr::new(a, b, c, 6);
+        let raw6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 6);
+        for addr in [good4, evil4, h1_4, raw4] {
             ip(
                 &net.u,
                 &["addr", "add", &format!("{addr}/32"), "dev", "eth0"],
             );
         }
-        for addr in [good6, evil6, h1_6] {
+        for addr in [good6, evil6, h1_6, raw6] {
             ip(
                 &net.u,
                 &[
@@ -216,6 +234,8 @@ impl TlsUpstream {
         for name in GOOD_NAMES {
             if *name == H1_HOST {
                 net.add_dns_name(name, h1_4, h1_6);
+            } else if *name == RAW_HOST {
+                net.add_dns_name(name, raw4, raw6);
             } else {
                 net.add_dns_name(name, good4, good6);
             }
@@ -255,12 +275,17 @@ impl TlsUpstream {
             (h1_6.into(), Server::Good, h1_tls),
         ];
         let addrs: Vec<std::net::IpAddr> = servers.iter().map(|s| s.0).collect();
-        let listeners = in_netns(&net.u, move || {
-            addrs
-                .into_iter()
-                .map(|ip| tcp_listen(SocketAddr::new(ip, 443)))
-                .collect::<Vec<_>>()
+        let raw_addrs: Vec<std::net::IpAddr> = vec![raw4.into(), raw6.into()];
+        let (listeners, raw_listeners) = in_netns(&net.u, move || {
+            let listen = |addrs: Vec<std::net::IpAddr>| {
+                addrs
+                    .into_iter()
+                    .map(|ip| tcp_listen(SocketAddr::new(ip, 443)))
+                    .collect::<Vec<_>>()
+            };
+            (listen(addrs), listen(raw_addrs))
         });
+        let raw_tls = server_config(test_ca.leaf(GOOD_NAMES), &[b"http/1.1"]);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tls-upstream")
@@ -283,6 +308,12 @@ impl TlsUpstream {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             runtime.spawn(accept_loop(listener, tls, state));
         }
+        for listener in raw_listeners {
+            listener.set_nonblocking(true).unwrap();
+            let _entered = runtime.enter();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            runtime.spawn(raw_server(listener, raw_tls.clone(), log.clone()));
+        }
         TlsUpstream {
             dir,
             ca_pem,
@@ -293,6 +324,8 @@ impl TlsUpstream {
             evil6,
             h1_4,
             h1_6,
+            raw4,
+            raw6,
             secret,
             basic_secret,
             basic_secret_file,
@@ -324,7 +357,7 @@ b = {{ file = {file:?} }}
 
 [[integration]]
 name = "api"
-hosts = ["{API_HOST}", "{H1_HOST}"]
+hosts = ["{API_HOST}", "{H1_HOST}", "{RAW_HOST}"]
 headers = {{ Authorization = "Bearer ${{secret:t}}", "X-Api-Key" = "${{secret:t}}" }}
 
 [[integration]]
@@ -348,6 +381,11 @@ integrations = ["api"]
             "Basic {}",
             base64(format!("{BASIC_USER}:{}", self.basic_secret).as_bytes())
         )
+    }
+
+    /// Serves `data` as `/encoded/NAME` (in the Content-Encoding the request's `ce` names).
+    pub fn serve_file(&self, name: &str, data: &[u8]) {
+        fs::write(self.www.join(name), data).unwrap();
     }
 
     /// Every request either server parsed so far.
@@ -494,6 +532,100 @@ async fn accept_loop(
     }
 }
 
+/// The raw HTTP/1.1 server of [`RAW_HOST`]: one request per connection, recorded as the others record
+/// theirs. `/split?h=NAME&at=N` gets the value in its reason phrase and an `x-echo` header, and a body of
+/// `[`, value, `]` and a newline cut at the value's N-th byte, 10 ms apart, that ends when the connection
+/// closes (no Content-Length, not chunked); anything else a 404, also ended by the close.
+async fn raw_server(listener: tokio::net::TcpListener, tls: tokio_rustls::TlsAcceptor, log: Log) {
+    static ACCEPTED: AtomicU64 = AtomicU64::new(1 << 32);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(peer);
+        let connection = ACCEPTED.fetch_add(1, Ordering::Relaxed);
+        let (tls, log) = (tls.clone(), log.clone());
+        tokio::spawn(async move {
+            let Ok(mut stream) = tls.accept(tcp).await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+                if head.len() > 64 * 1024 {
+                    return;
+                }
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let mut lines = text.split("\r\n");
+            let mut request_line = lines.next().unwrap_or_default().split(' ');
+            let method = request_line.next().unwrap_or_default().to_string();
+            let target = request_line.next().unwrap_or("/").to_string();
+            let headers: Vec<(String, String)> = lines
+                .take_while(|line| !line.is_empty())
+                .filter_map(|line| line.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            let record = UpstreamRequest {
+                server: Server::Good,
+                local,
+                peer,
+                connection,
+                version: "HTTP/1.1".into(),
+                method,
+                host: headers
+                    .iter()
+                    .find(|(n, _)| n == "host")
+                    .map(|(_, v)| v.clone()),
+                target,
+                headers,
+                body_len: 0,
+                body_fnv: FNV64_INIT,
+            };
+            log.lock().unwrap().push(record.clone());
+            let echoed = record
+                .query()
+                .split('&')
+                .find_map(|p| p.strip_prefix("h="))
+                .and_then(|name| record.header(name).first().map(|v| v.to_string()));
+            let at: usize = record
+                .query()
+                .split('&')
+                .find_map(|p| p.strip_prefix("at="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let parts = match (record.path(), echoed) {
+                ("/split", Some(value)) => {
+                    let at = at.min(value.len());
+                    vec![
+                        format!(
+                            "HTTP/1.1 200 Echo {value}\r\nX-Echo: {value}\r\nContent-Type: text/plain\r\n\
+                             Connection: close\r\n\r\n[{}",
+                            &value[..at]
+                        ),
+                        format!("{}]\n", &value[at..]),
+                    ]
+                }
+                _ => vec!["HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\nnot found\n".into()],
+            };
+            for part in parts {
+                if stream.write_all(part.as_bytes()).await.is_err() || stream.flush().await.is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
 /// The connection a request came on.
 struct Accepted {
     local: SocketAddr,
@@ -544,9 +676,15 @@ async fn handle(
         body_len: 0,
         body_fnv: FNV64_INIT,
     };
+    // The value of the request header `h` names, for the paths that give back what was injected.
+    let echoed = record
+        .query()
+        .split('&')
+        .find_map(|p| p.strip_prefix("h="))
+        .and_then(|name| record.header(name).first().map(|v| v.to_string()));
     if record.path() == "/ws" {
         state.log.lock().unwrap().push(record);
-        return Ok(websocket(&mut request));
+        return Ok(websocket(&mut request, echoed));
     }
     let mut body = request.into_body();
     let mut client_trailer = None;
@@ -569,7 +707,32 @@ async fn handle(
         "/echo" => echo(&record),
         "/upload" => text(StatusCode::OK, format!("received {}\n", record.body_len)),
         "/sse" => sse(state.sse_release.clone(), state.sse_abandoned.clone()),
-        "/trailers" => with_trailers(client_trailer.as_deref().unwrap_or("none")),
+        "/trailers" => with_trailers(client_trailer.as_deref().unwrap_or("none"), echoed),
+        "/split" => {
+            let at = record
+                .query()
+                .split('&')
+                .find_map(|p| p.strip_prefix("at="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let length = record.query().split('&').any(|p| p == "len");
+            split(echoed.unwrap_or_default(), at, length)
+        }
+        "/sse-secret" => sse_secret(state.sse_release.clone(), echoed.unwrap_or_default()),
+        path if path.starts_with("/encoded/") => {
+            let coding = record
+                .query()
+                .split('&')
+                .find_map(|p| p.strip_prefix("ce="))
+                .unwrap_or("gzip")
+                .to_string();
+            let mut response = file(&state.www, &path["/encoded".len()..]);
+            response.headers_mut().insert(
+                "content-encoding",
+                hyper::header::HeaderValue::from_str(&coding).unwrap(),
+            );
+            response
+        }
         "/big" => {
             let mib = record
                 .query()
@@ -611,6 +774,14 @@ fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
 }
 
 fn echo(r: &UpstreamRequest) -> Response<ProxyBody> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(echo_body(r))).boxed())
+        .unwrap()
+}
+
+/// The body `/echo` answers `r` with.
+pub fn echo_body(r: &UpstreamRequest) -> String {
     let server = format!("{:?}", r.server);
     let quiet = r.query().split('&').any(|p| p == "quiet");
     let body = if quiet {
@@ -631,14 +802,12 @@ fn echo(r: &UpstreamRequest) -> Response<ProxyBody> {
             "body_len": r.body_len,
         })
     };
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!("{body}\n"))).boxed())
-        .unwrap()
+    format!("{body}\n")
 }
 
-/// A body followed by trailers, one of which says which `x-client-trailer` the request ended with.
-fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
+/// A body followed by trailers, one of which says which `x-client-trailer` the request ended with (and
+/// `x-echo`, the `echoed` value, if any).
+fn with_trailers(client_trailer: &str, echoed: Option<String>) -> Response<ProxyBody> {
     let mut trailers = hyper::HeaderMap::new();
     trailers.insert(
         "x-upstream-trailer",
@@ -648,6 +817,15 @@ fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
         "x-saw-client-trailer",
         hyper::header::HeaderValue::from_str(client_trailer).unwrap(),
     );
+    let declared = if let Some(echoed) = echoed {
+        trailers.insert(
+            "x-echo",
+            hyper::header::HeaderValue::from_str(&echoed).unwrap(),
+        );
+        "x-upstream-trailer, x-saw-client-trailer, x-echo"
+    } else {
+        "x-upstream-trailer, x-saw-client-trailer"
+    };
     let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
         Ok(Frame::data(Bytes::from_static(b"trailers follow\n"))),
         Ok(Frame::trailers(trailers)),
@@ -655,8 +833,55 @@ fn with_trailers(client_trailer: &str) -> Response<ProxyBody> {
     // Declared, as RFC 9110 6.6.2 asks: an HTTP/1.1 server (hyper, here the daemon) sends no others.
     Response::builder()
         .header("content-type", "text/plain")
-        .header("trailer", "x-upstream-trailer, x-saw-client-trailer")
+        .header("trailer", declared)
         .body(StreamBody::new(futures::stream::iter(frames)).boxed())
+        .unwrap()
+}
+
+/// `[`, `value`, `]` and a newline in two chunks cut at `value`'s `at`-th byte, 10 ms apart, with a
+/// Content-Length if `length`; `value` in header `x-echo` too.
+fn split(value: String, at: usize, length: bool) -> Response<ProxyBody> {
+    let at = at.min(value.len());
+    let first = Bytes::from(format!("[{}", &value[..at]));
+    let second = Bytes::from(format!("{}]\n", &value[at..]));
+    let total = first.len() + second.len();
+    let (mut tx, rx) = stream_channel::channel::<Result<Frame<Bytes>, Infallible>>(2);
+    tokio::spawn(async move {
+        if tx.send(Ok(Frame::data(first))).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = tx.send(Ok(Frame::data(second))).await;
+        }
+    });
+    let mut response = Response::builder()
+        .header("content-type", "text/plain")
+        .header("x-echo", value.as_str());
+    if length {
+        response = response.header("content-length", total);
+    }
+    response.body(StreamBody::new(rx).boxed()).unwrap()
+}
+
+/// An event with the first half of `value` then other text; once released, one with all of it.
+fn sse_secret(release: Arc<Semaphore>, value: String) -> Response<ProxyBody> {
+    let (mut tx, rx) = stream_channel::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let half = &value[..value.len() / 2];
+        let first = Frame::data(Bytes::from(format!("data: {half} and more\n\n")));
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        if let Ok(Ok(permit)) =
+            tokio::time::timeout(Duration::from_secs(20), release.acquire()).await
+        {
+            permit.forget();
+        }
+        let second = Frame::data(Bytes::from(format!("data: {value} again\n\n")));
+        let _ = tx.send(Ok(second)).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(StreamBody::new(rx).boxed())
         .unwrap()
 }
 
@@ -730,8 +955,9 @@ fn file(www: &Path, path: &str) -> Response<ProxyBody> {
     }
 }
 
-/// Answers an HTTP/1.1 `Upgrade: websocket` with 101 and then echoes every frame.
-fn websocket(request: &mut Request<Incoming>) -> Response<ProxyBody> {
+/// Answers an HTTP/1.1 `Upgrade: websocket` with 101 and then echoes every frame (after sending
+/// `greet`, if given: see the module's documentation).
+fn websocket(request: &mut Request<Incoming>, greet: Option<String>) -> Response<ProxyBody> {
     let header = |name: &str| {
         request
             .headers()
@@ -753,7 +979,7 @@ fn websocket(request: &mut Request<Incoming>) -> Response<ProxyBody> {
     let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
-            websocket_echo(TokioIo::new(upgraded)).await;
+            websocket_echo(TokioIo::new(upgraded), greet).await;
         }
     });
     Response::builder()
@@ -772,7 +998,38 @@ pub fn websocket_accept(key: &str) -> String {
     ))
 }
 
-async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+/// A frame as a server sends it (unmasked).
+fn websocket_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n < 65536 => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, greet: Option<String>) {
+    if let Some(value) = &greet {
+        let half = value.len() / 2;
+        let hello = websocket_frame(false, 1, format!("you sent {}", &value[..half]).as_bytes());
+        let rest = websocket_frame(true, 0, format!("{}, thanks", &value[half..]).as_bytes());
+        let binary = websocket_frame(true, 2, value.as_bytes());
+        // The message's two frames in two writes, 10 ms apart: they cross the daemon in two reads.
+        for part in [hello, [rest, binary].concat()] {
+            if io.write_all(&part).await.is_err() || io.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     loop {
         let mut head = [0u8; 2];
         if io.read_exact(&mut head).await.is_err() {
@@ -807,19 +1064,14 @@ async fn websocket_echo<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
         for (i, b) in payload.iter_mut().enumerate() {
             *b ^= mask[i % 4];
         }
-        let mut out = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(n as u8),
-            n if n < 65536 => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
+        if let (8, Some(value)) = (opcode, &greet) {
+            payload = [
+                &1000u16.to_be_bytes()[..],
+                format!("bye {value}").as_bytes(),
+            ]
+            .concat();
         }
-        out.extend_from_slice(&payload);
+        let out = websocket_frame(true, opcode, &payload);
         if io.write_all(&out).await.is_err() || io.flush().await.is_err() || opcode == 8 {
             return;
         }

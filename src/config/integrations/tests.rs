@@ -31,6 +31,12 @@ fn integrations_are_checked() {
         "t.toml:6:13: header \"Host\" cannot be set by an integration"
     );
     assert_eq!(
+        integration(
+            "name = \"a\"\nhosts = [\"a.com\"]\nheaders = { X = \"1\" }\nredact = \"no\"\n"
+        ),
+        "t.toml:7:10: invalid type: string \"no\", expected a boolean"
+    );
+    assert_eq!(
         error(&format!(
             "{SECRETS}[[integration]]\nname = \"a\"\nhosts = [\"a.com\"]\nheaders = {{ X = \"1\" }}\n\
              [[integration]]\nname = \"a\"\nhosts = [\"b.com\"]\nheaders = {{ X = \"1\" }}\n"

@@ -13,7 +13,8 @@ fn profile_defaults() {
     assert!(profile.users.is_empty());
     assert_eq!(profile.egress, Egress::Allow);
     assert!(profile.allow_hosts.is_empty());
-    assert!(!profile.allows("root", &[]));
+    assert!(!profile.allows(0, "root", &[]));
+    assert!(profile.unix_sockets.is_empty());
 }
 
 #[test]
@@ -80,11 +81,11 @@ fn users_matching() {
             UserMatcher::Group("dev".into())
         ]
     );
-    assert!(p.allows("alice", &[]));
-    assert!(p.allows("bob", &strings(&["users", "dev"])));
-    assert!(!p.allows("bob", &strings(&["users", "developers"])));
-    assert!(!p.allows("dev", &[]));
-    assert!(all.allows("anyone", &[]));
+    assert!(p.allows(1000, "alice", &[]));
+    assert!(p.allows(1001, "bob", &strings(&["users", "dev"])));
+    assert!(!p.allows(1001, "bob", &strings(&["users", "developers"])));
+    assert!(!p.allows(1002, "dev", &[]));
+    assert!(all.allows(1003, "anyone", &[]));
 }
 
 #[test]
@@ -97,7 +98,7 @@ fn profile_selection() {
     );
     let select = |requested, user, groups: &[&str]| {
         config
-            .select_profile(requested, user, &strings(groups))
+            .select_profile(requested, 1000, user, &strings(groups))
             .map(|p| p.name.as_str())
             .map_err(|e| e.to_string())
     };
@@ -129,9 +130,124 @@ fn profile_selection() {
     );
     assert_eq!(
         parse("")
-            .select_profile(None, "root", &[])
+            .select_profile(None, 1000, "carol", &[])
             .unwrap_err()
             .to_string(),
-        format!("no [[profile]] in {PATH} allows user \"root\"")
+        format!("no [[profile]] in {PATH} allows user \"carol\"")
+    );
+}
+
+/// Root without capabilities still owns the host's files: "*" and groups do not give it a sandbox, its
+/// name does, and a refusal says how to allow it.
+#[test]
+fn root_is_allowed_only_by_name() {
+    let config = parse(
+        "[[profile]]\nname = \"default\"\nusers = [\"*\"]\n\
+         [[profile]]\nname = \"admins\"\nusers = [\"@root\", \"@wheel\"]\n\
+         [[profile]]\nname = \"ops\"\nusers = [\"*\", \"root\"]\n",
+    );
+    let [star, group, named] = &config.profiles[..] else {
+        panic!()
+    };
+    let root_groups = strings(&["root", "wheel"]);
+    assert!(!star.allows(0, "root", &root_groups));
+    assert!(!group.allows(0, "root", &root_groups));
+    assert!(named.allows(0, "root", &root_groups));
+    // Others are unchanged: "*" and groups include them.
+    assert!(star.allows(1000, "alice", &[]));
+    assert!(group.allows(1000, "alice", &strings(&["wheel"])));
+
+    let select = |requested| {
+        config
+            .select_profile(requested, 0, "root", &root_groups)
+            .map(|p| p.name.as_str())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(select(None), Ok("ops"));
+    assert_eq!(select(Some("ops")), Ok("ops"));
+    let how = "uid 0 gets a sandbox only from a profile that names it (\"*\" and groups do not include it: \
+               without capabilities, root still reads and writes every file root owns)";
+    assert_eq!(
+        select(Some("default")),
+        Err(format!(
+            "profile \"default\" does not name \"root\" in its users; {how}; to allow it, add \"root\" to \
+             the users of profile \"default\""
+        ))
+    );
+    assert_eq!(
+        parse("[[profile]]\nname = \"default\"\nusers = [\"*\", \"@root\"]\n")
+            .select_profile(None, 0, "root", &root_groups)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "no [[profile]] in {PATH} names \"root\" in its users; {how}; to allow it, add \"root\" to the \
+             users of a profile"
+        )
+    );
+}
+
+#[test]
+fn unix_sockets_are_exact_absolute_paths() {
+    let config = parse(
+        "[[profile]]\nname = \"p\"\n\
+         unix_sockets = [\"/run/user/%U/ssh-agent.socket\", \"/var/run/docker.sock\"]\n",
+    );
+    let paths: Vec<PathBuf> = config.profiles[0]
+        .unix_sockets
+        .iter()
+        .map(|pattern| pattern.for_uid(1000))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            PathBuf::from("/run/user/1000/ssh-agent.socket"),
+            PathBuf::from("/var/run/docker.sock")
+        ]
+    );
+    let how = "give an exact absolute path, with %U for the caller's uid";
+    for (entry, why) in [
+        ("run/x.sock", "not an absolute path"),
+        ("/", "\"/\" is a directory"),
+        (
+            "/run//x.sock",
+            "empty path component (\"//\" or a trailing \"/\")",
+        ),
+        (
+            "/run/x/",
+            "empty path component (\"//\" or a trailing \"/\")",
+        ),
+        ("/run/../x.sock", "\".\" and \"..\" are not allowed"),
+        ("/run/./x.sock", "\".\" and \"..\" are not allowed"),
+        ("/run/*.sock", ""),
+        (
+            "/run/%u.sock",
+            "%U (the caller's uid) is the only % sequence",
+        ),
+        (
+            "/run/%%U.sock",
+            "%U (the caller's uid) is the only % sequence",
+        ),
+    ] {
+        let text = format!("[[profile]]\nname = \"p\"\nunix_sockets = [\"{entry}\"]\n");
+        if why.is_empty() {
+            // No wildcards: "*" is a file name like any other, matched exactly.
+            assert_eq!(
+                parse(&text).profiles[0].unix_sockets[0].for_uid(0),
+                PathBuf::from(entry)
+            );
+            continue;
+        }
+        assert_eq!(
+            error(&text),
+            format!("t.toml:3:17: invalid unix_sockets entry \"{entry}\": {why}; {how}"),
+        );
+    }
+    assert_eq!(
+        error("[[profile]]\nname = \"p\"\nunix_sockets = [\"/a\\u0000b\"]\n"),
+        format!("t.toml:3:17: invalid unix_sockets entry \"/a\0b\": it holds a NUL byte; {how}")
+    );
+    assert_eq!(
+        error("[[profile]]\nname = \"p\"\nunix_sockets = \"/a\"\n"),
+        "t.toml:3:16: invalid type: string \"/a\", expected a sequence"
     );
 }

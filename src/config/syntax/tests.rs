@@ -25,7 +25,7 @@ fn unknown_keys_name_their_table() {
     );
     assert_eq!(
         integration("name = \"a\"\nhost = [\"a.com\"]\n"),
-        "t.toml:5:1: unknown key \"host\" in [[integration]]; expected one of: name, hosts, headers, basic_auth, aws_sigv4"
+        "t.toml:5:1: unknown key \"host\" in [[integration]]; expected one of: name, hosts, headers, basic_auth, aws_sigv4, redact"
     );
     assert_eq!(
         integration(
@@ -35,7 +35,7 @@ fn unknown_keys_name_their_table() {
     );
     assert_eq!(
         error("[[profile]]\nname = \"p\"\nuser = []\n"),
-        "t.toml:3:1: unknown key \"user\" in [[profile]]; expected one of: name, integrations, users, egress, allow_hosts"
+        "t.toml:3:1: unknown key \"user\" in [[profile]]; expected one of: name, integrations, users, egress, allow_hosts, unix_sockets"
     );
     assert_eq!(
         error("[secrets]\na = { enf = \"X\" }\n"),

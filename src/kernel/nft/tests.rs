@@ -279,16 +279,60 @@ fn parses_nft_listing() {
                 "expr": [{"reject": {"type": "icmpx", "expr": "port-unreachable"}}]}},
         ]}))
         .unwrap();
+    let state = table_state(&listing).unwrap();
     assert_eq!(
-        table_state(&listing).unwrap(),
+        state.shape.0.len(),
+        6,
+        "table, 3 sets, chain, rule: {:?}",
+        state.shape
+    );
+    assert_eq!(
+        TableState {
+            shape: TableShape::default(),
+            ..state
+        },
         TableState {
             exists: true,
-            rules: 1,
+            shape: TableShape::default(),
             ifaces: vec!["sbx0".into(), "sbx1".into()],
             src4: vec![("sbx0".into(), Ipv4Addr::new(10, 233, 0, 2))],
             src6: vec![],
         }
     );
+}
+
+/// The shape leaves out what changes with every install and sandbox (handles, elements) and keeps what
+/// decides a packet's fate: a replaced rule or a changed chain policy differ, a missing rule too.
+#[test]
+fn the_shape_is_the_definition_without_handles_and_elements() {
+    let listing = |handle: u32, elem: Value, rule: Value, policy: &str| -> Nftables<'static> {
+        serde_json::from_value(json!({"nftables": [
+            {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"table": {"family": "inet", "name": "sandbox", "handle": handle}},
+            {"set": {"family": "inet", "name": "ifaces", "table": "sandbox", "type": "ifname",
+                "handle": handle + 1, "elem": elem}},
+            {"chain": {"family": "inet", "table": "sandbox", "name": "prerouting", "handle": handle + 2,
+                "type": "filter", "hook": "prerouting", "prio": -150, "policy": policy}},
+            {"rule": {"family": "inet", "table": "sandbox", "chain": "prerouting", "handle": handle + 3,
+                "expr": [rule]}},
+        ]}))
+        .unwrap()
+    };
+    let shape = |listing: Nftables<'static>| table_state(&listing).unwrap().shape;
+    let drop = json!({"drop": null});
+    let installed = shape(listing(1, json!([]), drop.clone(), "accept"));
+    assert_eq!(
+        shape(listing(40, json!(["sbx0", "sbx1"]), drop.clone(), "accept")),
+        installed
+    );
+    assert_ne!(
+        shape(listing(1, json!([]), json!({"accept": null}), "accept")),
+        installed
+    );
+    assert_ne!(shape(listing(1, json!([]), drop, "drop")), installed);
+    let mut flushed = listing(1, json!([]), json!({"drop": null}), "accept");
+    flushed.objects.to_mut().pop();
+    assert_ne!(shape(flushed), installed);
 }
 
 #[test]
@@ -301,6 +345,12 @@ fn root_table_lifecycle_in_throwaway_netns() {
         remove().await.unwrap();
 
         install(params()).await.unwrap();
+        let installed = read_back().await.unwrap().shape;
+        assert_eq!(
+            installed.0.len(),
+            1 + 3 + 1 + 18,
+            "table, sets, chain, rules"
+        );
         let (a, b) = (sbx3(), sbx4_v4_only());
         add_sandbox(&a).await.unwrap();
         add_sandbox(&b).await.unwrap();
@@ -311,13 +361,12 @@ fn root_table_lifecycle_in_throwaway_netns() {
             state,
             TableState {
                 exists: true,
-                rules: rule_count(params()),
+                shape: installed.clone(),
                 ifaces: vec!["sbx3".into(), "sbx4".into()],
                 src4: vec![("sbx3".into(), a.v4), ("sbx4".into(), b.v4)],
                 src6: vec![("sbx3".into(), a.v6.unwrap())],
             }
         );
-        assert_eq!(rule_count(params()), 18);
 
         remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
         remove_sandboxes(std::slice::from_ref(&a)).await.unwrap();
@@ -333,10 +382,24 @@ fn root_table_lifecycle_in_throwaway_netns() {
             read_back().await.unwrap(),
             TableState {
                 exists: true,
-                rules: 18,
+                shape: installed.clone(),
                 ..TableState::default()
             }
         );
+
+        // What the guard puts back: the table and the live sandboxes' elements, in one batch.
+        restore(params(), &[a.clone(), b.clone()]).await.unwrap();
+        let mut state = read_back().await.unwrap();
+        state.ifaces.sort();
+        assert_eq!(
+            (state.shape, state.ifaces, state.src6),
+            (
+                installed.clone(),
+                vec!["sbx3".into(), "sbx4".into()],
+                vec![("sbx3".into(), a.v6.unwrap())]
+            )
+        );
+        install(params()).await.unwrap();
 
         let mut took: Vec<Duration> = Vec::new();
         for _ in 0..31 {

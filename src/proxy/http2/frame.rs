@@ -44,6 +44,7 @@ pub(super) const FLOW_CONTROL_ERROR: u32 = 0x3;
 pub(super) const STREAM_CLOSED: u32 = 0x5;
 pub(super) const FRAME_SIZE_ERROR: u32 = 0x6;
 pub(super) const REFUSED_STREAM: u32 = 0x7;
+pub(super) const CANCEL: u32 = 0x8;
 pub(super) const COMPRESSION_ERROR: u32 = 0x9;
 pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// The frame size every HTTP/2 peer starts with.
@@ -74,11 +75,18 @@ impl Fatal {
 }
 
 fn write_head(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, stream: u32) {
-    let len = len as u32;
-    out.extend_from_slice(&len.to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(&encode_head(len, kind, flags, stream));
+}
+
+/// A frame's 9-byte head, for a frame whose payload is written before its length is known.
+pub(super) fn encode_head(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEAD_LEN] {
+    let mut head = [0u8; HEAD_LEN];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head.copy_within(1..4, 0);
+    head[3] = kind;
+    head[4] = flags;
+    head[5..].copy_from_slice(&stream.to_be_bytes());
+    head
 }
 
 pub(super) fn write_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -293,7 +301,7 @@ pub(super) fn reason_name(code: u32) -> String {
         FLOW_CONTROL_ERROR => "FLOW_CONTROL_ERROR".into(),
         STREAM_CLOSED => "STREAM_CLOSED".into(),
         REFUSED_STREAM => "REFUSED_STREAM".into(),
-        0x8 => "CANCEL".into(),
+        CANCEL => "CANCEL".into(),
         ENHANCE_YOUR_CALM => "ENHANCE_YOUR_CALM".into(),
         other => format!("error code {other:#x}"),
     }

@@ -248,6 +248,17 @@ impl Decoder {
         wanted: impl Fn(&[u8]) -> bool,
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), HpackError> {
+        self.decode_fields(block, wanted, |found| field(found.name, found.value))
+    }
+
+    /// Like [`Decoder::decode_wanted`], with how and where the block wrote each field: the relay writes
+    /// a response's block again, field by field as it came, when one of them held a secret.
+    pub fn decode_fields(
+        &mut self,
+        block: &[u8],
+        wanted: impl Fn(&[u8]) -> bool,
+        mut field: impl FnMut(Field<'_>),
+    ) -> Result<(), HpackError> {
         let mut reader = Reader { rest: block };
         let mut smallest_update = None;
         while let Some(&first) = reader.rest.first() {
@@ -272,36 +283,90 @@ impl Decoder {
         }
         let Decoder { table, scratch, .. } = self;
         while !reader.rest.is_empty() {
+            let start = block.len() - reader.rest.len();
             let first = reader.byte()?;
+            let end = |reader: &Reader<'_>| block.len() - reader.rest.len();
             match first {
                 0x80..=0xff => {
                     let (name, value) = table.field(reader.integer(first, 7)?)?;
                     if wanted(name) {
-                        field(name, value);
+                        field(Field {
+                            name,
+                            value,
+                            representation: Representation::Indexed,
+                            name_index: 0,
+                            span: start..end(&reader),
+                        });
                     }
                 }
                 0x40..=0x7f => {
-                    let (name, value) = reader.literal(first, 6, table, scratch, |_| true)?;
+                    let (name_index, name, value) =
+                        reader.literal(first, 6, table, scratch, |_| true)?;
+                    let span = start..end(&reader);
                     // A copy made before the insertion: the name may be that of an entry it evicts.
                     let entry = Entry::new(name, value);
                     let (name, value) = entry.split();
                     if wanted(name) {
-                        field(name, value);
+                        field(Field {
+                            name,
+                            value,
+                            representation: Representation::Literal(Literal::Incremental),
+                            name_index,
+                            span,
+                        });
                     }
                     table.insert(entry);
                 }
                 0x20..=0x3f => return Err(HpackError::SizeUpdateNotAtStart),
                 // Without indexing (0000) and never indexed (0001): neither touches the table.
                 0x00..=0x1f => {
-                    let (name, value) = reader.literal(first, 4, table, scratch, &wanted)?;
+                    let (name_index, name, value) =
+                        reader.literal(first, 4, table, scratch, &wanted)?;
                     if wanted(name) {
-                        field(name, value);
+                        let kind = if first & 0x10 == 0 {
+                            Literal::WithoutIndexing
+                        } else {
+                            Literal::NeverIndexed
+                        };
+                        field(Field {
+                            name,
+                            value,
+                            representation: Representation::Literal(kind),
+                            name_index,
+                            span: start..end(&reader),
+                        });
                     }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// One field of a header block as [`Decoder::decode_fields`] read it.
+pub struct Field<'a> {
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+    pub representation: Representation,
+    /// A literal's name as a table index (static or dynamic), or 0 for a name written out.
+    pub name_index: usize,
+    /// Where in the block it is written.
+    pub span: Range<usize>,
+}
+
+/// How a field is written (RFC 7541 section 6): a table entry, or a literal of some kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Representation {
+    Indexed,
+    Literal(Literal),
+}
+
+/// A literal field's kind: whether it enters the decoder's table, and whether it may ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Literal {
+    Incremental,
+    WithoutIndexing,
+    NeverIndexed,
 }
 
 /// The dynamic table (RFC 7541 section 2.3.2), newest entry first.
@@ -464,12 +529,13 @@ impl<'a> Reader<'a> {
         table: &'t Table,
         scratch: &'t mut Vec<u8>,
         decode_value: impl Fn(&[u8]) -> bool,
-    ) -> Result<(&'t [u8], &'t [u8]), HpackError>
+    ) -> Result<(usize, &'t [u8], &'t [u8]), HpackError>
     where
         'a: 't,
     {
         scratch.clear();
-        let name = match self.integer(first, prefix_bits)? {
+        let name_index = self.integer(first, prefix_bits)?;
+        let name = match name_index {
             0 => self.string(scratch)?,
             index => Text::Bytes(table.field(index)?.0),
         };
@@ -483,7 +549,7 @@ impl<'a> Reader<'a> {
             _ => self.string(scratch)?,
         };
         let scratch: &'t [u8] = scratch;
-        Ok((name.get(scratch), value.get(scratch)))
+        Ok((name_index, name.get(scratch), value.get(scratch)))
     }
 
     /// Passes over a string literal without decoding it.
@@ -627,6 +693,27 @@ pub fn encode_field(name: &[u8], value: &[u8], sensitive: bool, out: &mut Vec<u8
         }
     }
     encode_integer(if sensitive { 0x10 } else { 0x00 }, 4, name_index, out);
+    if name_index == 0 {
+        encode_string(name, out);
+    }
+    encode_string(value, out);
+}
+
+/// Appends a literal field of kind `literal`, its name as table index `name_index` (or, when 0, written
+/// out), both strings raw. The relay writes a response's field again so: the same kind, so that the
+/// client's table gets what the upstream's got (masked, so the same size).
+pub fn encode_literal(
+    literal: Literal,
+    name_index: usize,
+    name: &[u8],
+    value: &[u8],
+    out: &mut Vec<u8>,
+) {
+    match literal {
+        Literal::Incremental => encode_integer(0x40, 6, name_index, out),
+        Literal::WithoutIndexing => encode_integer(0x00, 4, name_index, out),
+        Literal::NeverIndexed => encode_integer(0x10, 4, name_index, out),
+    }
     if name_index == 0 {
         encode_string(name, out);
     }

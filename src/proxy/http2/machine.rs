@@ -1,7 +1,8 @@
 //! The relay's state machine, without I/O: `Core` takes the frames each peer sent (whole, as `buffers` cut
 //! them) and writes what each peer gets into its `OutBuf`. Everything between frames is here: the client's
 //! preface, settings rewritten both ways, each request's head checked by the one request policy and sent on
-//! with the integration's headers (`Exchange`: a request until both its halves end), answers the relay gives
+//! with the integration's headers (`Exchange`: a request until both its halves end), each response masked
+//! (its header blocks through `response_head`, its DATA through a `Masker`), answers the relay gives
 //! itself, flow control credit, GOAWAY, deadlines, and the last frames when the relay ends (`End`).
 
 use std::collections::{HashMap, VecDeque};
@@ -14,20 +15,22 @@ use zeroize::Zeroize;
 
 use super::buffers::{InBuf, OutBuf};
 use super::frame::{
-    be32, check_frame, join_block, parse_settings, reason_name, unpadded, window_increment,
-    write_frame, write_goaway, write_header_block, write_rst, write_settings, write_window_update,
-    Block, Fatal, Head, ACK, COMPRESSION_ERROR, CONTINUATION, DATA, DEFAULT_MAX_FRAME, ENABLE_PUSH,
-    END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, GOAWAY, HEADERS, HEADER_TABLE_SIZE,
-    HEAD_LEN, INITIAL_WINDOW_SIZE, INTERNAL_ERROR, MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE, NO_ERROR, PING, PREFACE, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM,
-    RST_STREAM, SETTINGS, WINDOW_UPDATE,
+    be32, check_frame, encode_head, join_block, parse_settings, reason_name, unpadded,
+    window_increment, write_frame, write_goaway, write_header_block, write_rst, write_settings,
+    write_window_update, Block, Fatal, Head, ACK, CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA,
+    DEFAULT_MAX_FRAME, ENABLE_PUSH, END_STREAM, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, GOAWAY,
+    HEADERS, HEADER_TABLE_SIZE, HEAD_LEN, INITIAL_WINDOW_SIZE, INTERNAL_ERROR,
+    MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, NO_ERROR, PING, PREFACE,
+    PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM, RST_STREAM, SETTINGS, WINDOW_UPDATE,
 };
 use super::hpack;
 use super::request_head::RequestHead;
+use super::response_head::{self, Rewrite};
 use super::scope::{Injected, Scope};
 use crate::audit::{Record, Verdict};
 use crate::proxy::policy::{self, is_idempotent, MAX_HEADER_BYTES};
 use crate::proxy::workers::InFlight;
+use crate::redact::{self, Masker};
 
 /// The largest frame the relay lets either peer send it: each is told this or less.
 const MAX_FRAME: u32 = 65_536;
@@ -87,6 +90,13 @@ struct Exchange {
     bytes_down: u64,
     /// The headers it was sent with, when they hold minted tokens.
     minted: Option<Arc<Injected>>,
+    /// Masks the response's DATA, and holds the needles its header blocks are masked with; `None` when
+    /// nothing is masked.
+    masker: Option<Masker>,
+    /// Secrets masked in its response's header blocks.
+    masked_in_heads: u64,
+    /// A HEAD request's response has no body, whatever its Content-Encoding says.
+    head_request: bool,
     _in_flight: InFlight,
 }
 
@@ -137,6 +147,8 @@ pub(super) struct Core {
     scratch: Vec<u8>,
     /// The request being decoded (kept for its buffers).
     request: RequestHead,
+    /// A response's header block as it is masked (kept for its buffers).
+    rewrite: Rewrite,
 }
 
 impl Core {
@@ -185,6 +197,7 @@ impl Core {
             started: now,
             scratch: Vec::new(),
             request: RequestHead::default(),
+            rewrite: Rewrite::default(),
         };
         core.server_preface(upstream_settings);
         if window > 0 {
@@ -519,6 +532,13 @@ impl Core {
             self.upstream_max_frame,
         );
         self.scratch.fill(0);
+        let masker = self
+            .scope
+            .redaction
+            .as_ref()
+            .map(|redaction| redaction.needles())
+            .filter(|needles| !needles.is_empty())
+            .map(Masker::new);
         self.exchanges.insert(
             stream,
             Exchange {
@@ -530,6 +550,9 @@ impl Core {
                 bytes_up: 0,
                 bytes_down: 0,
                 minted,
+                masker,
+                masked_in_heads: 0,
+                head_request: request.method() == b"HEAD",
                 _in_flight: InFlight::start(),
             },
         );
@@ -615,6 +638,7 @@ impl Core {
         let Some(exchange) = self.exchanges.remove(&head.stream) else {
             return false;
         };
+        self.credit_held(&exchange);
         let to = match from {
             Peer::Client => &mut self.to_upstream,
             Peer::Upstream => &mut self.to_client,
@@ -634,11 +658,19 @@ impl Core {
     /// Resets a forwarded stream on both sides (a protocol error in it).
     fn reset_both(&mut self, stream: u32, code: u32, why: &str) {
         if let Some(exchange) = self.exchanges.remove(&stream) {
+            self.credit_held(&exchange);
             write_rst(&mut self.to_client.buf, stream, code);
             write_rst(&mut self.to_upstream.buf, stream, code);
             finish(&mut self.scope, exchange, Some(why.to_string()));
             self.note_idle();
         }
+    }
+
+    /// Gives the upstream back the connection window of response bytes a masker held for an exchange that
+    /// ends without them (reset): the client never gets them, so never gives that window back itself.
+    fn credit_held(&mut self, exchange: &Exchange) {
+        let held = exchange.masker.as_ref().map_or(0, Masker::pending);
+        self.credit_upstream = self.credit_upstream.saturating_add(held as u32);
     }
 
     /// Ends an exchange whose request and response are both complete.
@@ -667,12 +699,39 @@ impl Core {
         check_frame(&head, payload, self.upstream_block.as_ref())?;
         match head.kind {
             DATA => {
-                let data_len = unpadded(&head, payload)?.len() as u64;
+                let data = unpadded(&head, payload)?;
                 match self.exchanges.get_mut(&head.stream) {
                     Some(exchange) if exchange.response_open => {
-                        exchange.bytes_down += data_len;
-                        self.to_client.buf.extend_from_slice(frame);
-                        if head.flags & END_STREAM != 0 {
+                        exchange.bytes_down += data.len() as u64;
+                        let end = head.flags & END_STREAM != 0;
+                        match &mut exchange.masker {
+                            None => self.to_client.buf.extend_from_slice(frame),
+                            Some(masker) => {
+                                // Padding is not passed on, so the client never gives its window back:
+                                // the relay does, for the stream and the connection.
+                                let padding = (head.len - data.len()) as u32;
+                                if padding > 0 {
+                                    self.credit_upstream =
+                                        self.credit_upstream.saturating_add(padding);
+                                    if !end {
+                                        write_window_update(
+                                            &mut self.to_upstream.buf,
+                                            head.stream,
+                                            padding,
+                                        );
+                                    }
+                                }
+                                write_masked_data(
+                                    &mut self.to_client.buf,
+                                    head.stream,
+                                    masker,
+                                    data,
+                                    end,
+                                    self.client_max_frame,
+                                );
+                            }
+                        }
+                        if end {
                             exchange.response_open = false;
                             self.maybe_done(head.stream);
                         }
@@ -774,33 +833,35 @@ impl Core {
         end_stream: bool,
         block: &[u8],
     ) -> Result<(), Fatal> {
-        let mut status = None;
-        self.upstream_decoder
-            .decode_wanted(
-                block,
-                |name| name == b":status",
-                |_, value| {
-                    status = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<u16>().ok());
-                },
-            )
-            .map_err(|error| Fatal::new(COMPRESSION_ERROR, error.to_string()))?;
-        let well_formed = match self.exchanges.get_mut(&stream) {
-            Some(exchange) if exchange.response_open => match status {
-                Some(code) if exchange.status.is_none() && code >= 200 => {
-                    exchange.status = Some(code);
-                    if let (401, Some(injected)) = (code, &exchange.minted) {
-                        self.scope.injection.rejected(injected);
-                    }
-                    true
-                }
-                Some(code) if exchange.status.is_none() && (100..200).contains(&code) => true,
-                None => exchange.status.is_some() && end_stream,
-                Some(_) => false,
-            },
+        let needles = self
+            .exchanges
+            .get(&stream)
+            .filter(|exchange| exchange.response_open)
+            .and_then(|exchange| exchange.masker.as_ref())
+            .map(Masker::needles);
+        let read = response_head::read(
+            &mut self.upstream_decoder,
+            block,
+            needles,
+            &mut self.rewrite,
+        )
+        .map_err(|error| Fatal::new(COMPRESSION_ERROR, error.to_string()))?;
+        let exchange = match self.exchanges.get_mut(&stream) {
+            Some(exchange) if exchange.response_open => exchange,
             // Its client went away (reset); the block was decoded to keep the table in step.
             _ => return Ok(()),
+        };
+        let well_formed = match read.status {
+            Some(code) if exchange.status.is_none() && code >= 200 => {
+                exchange.status = Some(code);
+                if let (401, Some(injected)) = (code, &exchange.minted) {
+                    self.scope.injection.rejected(injected);
+                }
+                true
+            }
+            Some(code) if exchange.status.is_none() && (100..200).contains(&code) => true,
+            None => exchange.status.is_some() && end_stream,
+            Some(_) => false,
         };
         if !well_formed {
             self.reset_both(
@@ -810,7 +871,34 @@ impl Core {
             );
             return Ok(());
         }
+        exchange.masked_in_heads += read.masked;
+        let has_body = read
+            .status
+            .is_some_and(|code| code >= 200 && code != 204 && code != 304)
+            && !end_stream
+            && !exchange.head_request;
+        if let Some(codings) = read.coded.as_deref().filter(|_| has_body) {
+            if exchange.masker.is_some() {
+                let message = format!("sandbox: {}", redact::messages::refusal(codings));
+                self.refuse_unscannable(stream, message);
+                return Ok(());
+            }
+        }
+        // Trailers: the bytes the masker still holds go before them.
+        if read.status.is_none() {
+            if let Some(masker) = exchange.masker.as_mut() {
+                let tail = masker.finish();
+                for chunk in tail.chunks(self.client_max_frame.max(1)) {
+                    write_frame(&mut self.to_client.buf, DATA, 0, stream, chunk);
+                }
+            }
+        }
         self.table_update_due = None;
+        let block = if read.masked > 0 {
+            self.rewrite.masked.as_slice()
+        } else {
+            block
+        };
         write_header_block(
             &mut self.to_client.buf,
             stream,
@@ -825,6 +913,35 @@ impl Core {
             self.maybe_done(stream);
         }
         Ok(())
+    }
+
+    /// A response whose body is in a content coding, which the relay cannot scan for secrets: the upstream's
+    /// stream is cancelled and the client gets the relay's 502 instead, after an informational head that
+    /// carries what the upstream's block did to the header table (so that the client's stays in step).
+    fn refuse_unscannable(&mut self, stream: u32, message: String) {
+        let Some(exchange) = self.exchanges.remove(&stream) else {
+            return;
+        };
+        self.credit_held(&exchange);
+        write_rst(&mut self.to_upstream.buf, stream, CANCEL);
+        write_header_block(
+            &mut self.to_client.buf,
+            stream,
+            false,
+            &self.rewrite.informational,
+            self.client_max_frame,
+        );
+        self.table_update_due = None;
+        let request_open = exchange.request_open;
+        self.answer(
+            stream,
+            request_open,
+            exchange.record,
+            502,
+            message,
+            Verdict::Error,
+        );
+        self.note_idle();
     }
 
     /// Whether both outputs have room for what reading more would add.
@@ -1007,6 +1124,44 @@ impl Drop for Core {
     }
 }
 
+/// Writes response bytes to the client through its masker: what the masker releases of `data` (with all it
+/// still held, at the end of the stream), in DATA frames of at most `max_frame`; nothing when it releases
+/// nothing and the stream goes on. The client's windows have room for it: the upstream was charged for
+/// every byte pushed, the client only for those released.
+fn write_masked_data(
+    out: &mut Vec<u8>,
+    stream: u32,
+    masker: &mut Masker,
+    data: &[u8],
+    end: bool,
+    max_frame: usize,
+) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEAD_LEN]);
+    masker.push_into(data, out);
+    if end {
+        out.extend_from_slice(&masker.finish());
+    }
+    let len = out.len() - start - HEAD_LEN;
+    if len == 0 && !end {
+        out.truncate(start);
+        return;
+    }
+    let flags = if end { END_STREAM } else { 0 };
+    if len <= max_frame {
+        out[start..start + HEAD_LEN].copy_from_slice(&encode_head(len, DATA, flags, stream));
+        return;
+    }
+    // Held bytes with a frame of the largest size: more than the client takes in one frame.
+    let released = out.split_off(start + HEAD_LEN);
+    out.truncate(start);
+    let mut chunks = released.chunks(max_frame.max(1)).peekable();
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        write_frame(out, DATA, if last { flags } else { 0 }, stream, chunk);
+    }
+}
+
 /// Takes a SETTINGS acknowledgement: whether it answers SETTINGS forwarded from the other peer (and is
 /// passed on) rather than ones the relay sent on its own (`own` of those still unanswered).
 fn answers_forwarded(own: &mut u32) -> bool {
@@ -1024,6 +1179,9 @@ fn finish(scope: &mut Scope, exchange: Exchange, error: Option<String>) {
     record.status = exchange.status;
     record.bytes_up = exchange.bytes_up;
     record.bytes_down = exchange.bytes_down;
+    record.redacted =
+        exchange.masked_in_heads + exchange.masker.as_ref().map_or(0, Masker::redacted);
+    record.log_redacted();
     let complete = exchange.status.is_some() && !exchange.response_open;
     let (verdict, error) = if complete {
         (Verdict::Injected, None)

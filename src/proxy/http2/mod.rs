@@ -8,8 +8,13 @@
 //!   request policy, `proxy::policy`: the host must be the TLS server name: 421; TRACE, CONNECT and
 //!   `HTTP2-Settings`: refused; malformed: reset), and sent on re-encoded with the integration's headers in
 //!   place of any the client sent;
-//! - response header blocks pass as they came, decoded only to follow the upstream's table and read the
-//!   status for the audit record;
+//! - response header blocks pass as they came, decoded to follow the upstream's table and read the status
+//!   for the audit record; with redaction (the default), every field is read, and a block with a secret in
+//!   it is written again masked (`response_head`); a response in a content coding is refused with 502;
+//! - response DATA passes through the exchange's masker (`redact`), which holds back only the bytes
+//!   that could still begin a secret: a frame may come out shorter (or not at all, until the next), the
+//!   upstream gets back the window of what never reaches the client (padding, bytes held when a stream is
+//!   reset);
 //! - settings that concern the relay itself are rewritten: push is off, header tables, frame sizes and
 //!   concurrent streams are capped;
 //! - PING is answered by the relay on each side; answers the relay gives itself (421 and the like) draw
@@ -35,9 +40,10 @@
 //!   the relay), the requests in flight (`Exchange`), settings, flow control credit, GOAWAY, deadlines.
 //! - `request_head`: a request's header block as `hpack` decoded it, checked field by field, and encoded
 //!   again for the upstream; `machine` adds the integration's headers (`scope`: `Scope`, `Injected`).
+//! - `response_head`: a response's header block, read for its status and coding, and masked.
 //!
 //! Each file uses only files before it in this order: `frame`, `buffers`, `hpack`, `scope`,
-//! `request_head`, `upstream`, `machine`, `relay`, and this one last.
+//! `request_head`, `response_head`, `upstream`, `machine`, `relay`, and this one last.
 
 mod buffers;
 mod frame;
@@ -45,6 +51,7 @@ pub mod hpack;
 mod machine;
 mod relay;
 mod request_head;
+mod response_head;
 mod scope;
 mod upstream;
 

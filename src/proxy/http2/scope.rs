@@ -1,6 +1,6 @@
 //! What the relay is told about the connection it serves (`Scope`): the server name and port every request
-//! must name, the integration's headers ready to add (`Injection`), and where each request's audit record
-//! goes.
+//! must name, the integration's headers ready to add (`Injection`), what its responses are masked with,
+//! and where each request's audit record goes.
 //!
 //! The headers are encoded once for a connection whose secrets are all static. With minted secrets they
 //! follow the current tokens: each request compares the store's current values with those the headers
@@ -10,12 +10,14 @@
 
 use std::sync::Arc;
 
+use http::header::{self, HeaderValue};
 use zeroize::Zeroizing;
 
 use super::hpack;
 use crate::audit::{PolledLog, Record};
 use crate::config::{Integration, Secrets};
 use crate::proxy::policy::{self, Values};
+use crate::redact::profiles::ProfileRedaction;
 use crate::secrets::{SecretValue, Store};
 
 /// What the relay needs to know about the connection it serves, and where its audit records go.
@@ -25,6 +27,9 @@ pub struct Scope {
     pub port: u16,
     /// The integration's headers, HPACK-encoded (never indexed), and their names in lower case.
     pub injection: Injection,
+    /// What responses are masked with (each request takes the needles in force when it starts); `None`
+    /// when the integration says `redact = false`.
+    pub redaction: Option<Arc<ProfileRedaction>>,
     /// Filled in per request (method, host, path, status, bytes, verdict), counted and logged.
     pub record: Record,
     pub log: PolledLog,
@@ -40,15 +45,28 @@ pub struct Injected {
 }
 
 impl Injected {
-    /// The integration's headers as one HPACK block of never-indexed fields, with their names; or why they
-    /// cannot be made (a secret that is not loaded).
+    /// The integration's headers as one HPACK block (the secret ones never indexed), with their names; or
+    /// why they cannot be made (a secret that is not loaded). Where responses are masked, the request asks
+    /// for a body the relay can scan: `Accept-Encoding: identity`, in place of the client's.
     fn make(integration: &Integration, values: &Values<'_>) -> Result<Injected, String> {
         let mut headers = http::HeaderMap::new();
         policy::inject(&mut headers, integration, values)?;
+        if integration.redact {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         let mut block = Zeroizing::new(Vec::new());
         let mut names = Vec::new();
         for (name, value) in &headers {
-            hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), true, &mut block);
+            let sensitive = value.is_sensitive();
+            hpack::encode_field(
+                name.as_str().as_bytes(),
+                value.as_bytes(),
+                sensitive,
+                &mut block,
+            );
             names.push(name.as_str().to_string());
         }
         names.dedup();

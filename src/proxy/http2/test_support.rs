@@ -1,6 +1,7 @@
 //! What the relay's tests share: a test upstream (h2), a scope whose audit records can be read back, an h2
 //! client set up through the relay (`setup`), and a raw peer that writes frames by hand (`Raw`).
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use super::frame::{
 use super::machine::TABLE_SIZE;
 use super::{handshake, hpack, relay, Injected, Injection, Scope};
 use crate::audit::{Entry, Kind, PolledLog, Record, Verdict};
+use crate::config::{Config, Secrets};
+use crate::redact::profiles::{ProfileRedaction, Redactions};
 
 pub(super) const SNI: &str = "api.test";
 pub(super) const SECRET: &str = "Bearer s3cret-value";
@@ -27,6 +30,40 @@ pub(super) type Seen = Arc<Mutex<Vec<(Method, String, String, HeaderMap)>>>;
 
 /// A scope whose audit records end up in `records`, through a queue.
 pub(super) fn scope(records: &Records, injected: Result<Injected, String>) -> Scope {
+    scope_masking(records, injected, None)
+}
+
+/// The secret the test scope's masking knows: what [`SECRET`] injects.
+pub(super) const SECRET_VALUE: &str = "s3cret-value";
+
+/// What a sandbox whose integration injects [`SECRET`] masks.
+pub(super) fn masking() -> Option<Arc<ProfileRedaction>> {
+    let config = Config::parse(
+        r#"
+[secrets]
+t = { env = "SBX_TEST_NEVER_SET" }
+[[integration]]
+name = "api"
+hosts = ["api.test"]
+headers = { Authorization = "Bearer ${secret:t}" }
+"#,
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    let secrets = Arc::new(Secrets::of(&[("t", SECRET_VALUE)]));
+    Some(
+        Redactions::default()
+            .for_sandbox(&config.integrations, &secrets)
+            .unwrap(),
+    )
+}
+
+/// As [`scope`], masking responses with `redaction`.
+pub(super) fn scope_masking(
+    records: &Records,
+    injected: Result<Injected, String>,
+    redaction: Option<Arc<ProfileRedaction>>,
+) -> Scope {
     let records = records.clone();
     let (queue, mut logged) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -40,6 +77,7 @@ pub(super) fn scope(records: &Records, injected: Result<Injected, String>) -> Sc
         sni: SNI.into(),
         port: 443,
         injection: Injection::fixed(injected),
+        redaction,
         record: Record {
             time: std::time::SystemTime::UNIX_EPOCH,
             sandbox: "t1".into(),
@@ -59,6 +97,7 @@ pub(super) fn scope(records: &Records, injected: Result<Injected, String>) -> Sc
             verdict: Verdict::Passed,
             error: None,
             retries: 0,
+            redacted: 0,
         },
         log: PolledLog::new(queue),
         counted: Box::new(|_| {}),
@@ -77,7 +116,10 @@ pub(super) fn authorization() -> Result<Injected, String> {
 
 /// The test upstream: records each request, then answers by path. `/echo`: 200 "ok"; `/upload`: the
 /// body's length; `/big?N`: N bytes; `/trailers`: a body and trailers; `/early`: 413 at once, without
-/// reading the body; `/continue`: 100 before it reads the body.
+/// reading the body; `/continue`: 100 before it reads the body; `/split?N`: the request's authorization
+/// back in a header, in a body of two DATA frames cut at its N-th byte (`<`, value, `>`) and in a
+/// trailer; `/held?N`: N bytes of `s3cret-valu.` over and over (each frame may end in what could begin
+/// the secret); `/gzip`: a body in Content-Encoding gzip.
 /// `pong`: told when a PING the upstream sends at once has been answered.
 pub(super) async fn upstream(
     io: DuplexStream,
@@ -129,14 +171,48 @@ pub(super) async fn upstream(
                 received += chunk.len();
                 let _ = body.flow_control().release_capacity(chunk.len());
             }
-            let response = Response::builder().status(200).body(()).unwrap();
-            let Ok(mut send) = respond.send_response(response, false) else {
+            let authorization = parts
+                .headers
+                .get("authorization")
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            let mut response = Response::builder().status(200);
+            if path == "/split" {
+                response = response.header("x-echo", authorization.as_slice());
+            }
+            if path == "/gzip" {
+                response = response.header("content-encoding", "gzip");
+            }
+            let Ok(mut send) = respond.send_response(response.body(()).unwrap(), false) else {
                 return;
             };
+            if path == "/split" {
+                let at = query.parse::<usize>().unwrap().min(authorization.len());
+                let first = [b"<".as_slice(), &authorization[..at]].concat();
+                let second = [&authorization[at..], b">".as_slice()].concat();
+                for part in [first, second] {
+                    send.reserve_capacity(part.len());
+                    let _ = std::future::poll_fn(|cx| send.poll_capacity(cx)).await;
+                    let _ = send.send_data(Bytes::from(part), false);
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert(
+                    "x-echo-trailer",
+                    http::HeaderValue::from_bytes(&authorization).unwrap(),
+                );
+                let _ = send.send_trailers(trailers);
+                return;
+            }
             let payload: Vec<u8> = match path.as_str() {
                 "/upload" => received.to_string().into_bytes(),
                 "/big" => (0..query.parse::<usize>().unwrap())
                     .map(|i| (i % 251) as u8)
+                    .collect(),
+                "/held" => b"s3cret-valu."
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(query.parse::<usize>().unwrap())
                     .collect(),
                 _ => b"ok".to_vec(),
             };
@@ -174,13 +250,27 @@ pub(super) async fn setup(
     injected: Result<Injected, String>,
     max_streams: Option<u32>,
 ) -> Setup {
+    setup_masking(connection_window, injected, max_streams, None).await
+}
+
+/// As [`setup`], the relay masking responses with `redaction`.
+pub(super) async fn setup_masking(
+    connection_window: u32,
+    injected: Result<Injected, String>,
+    max_streams: Option<u32>,
+    redaction: Option<Arc<ProfileRedaction>>,
+) -> Setup {
     let records = Records::default();
     let seen = Seen::default();
     let (relay_up, upstream_io) = tokio::io::duplex(64 * 1024);
     tokio::spawn(upstream(upstream_io, seen.clone(), max_streams, None));
     let up = handshake(relay_up).await.unwrap();
     let (client_io, relay_client) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(relay(relay_client, up, scope(&records, injected)));
+    tokio::spawn(relay(
+        relay_client,
+        up,
+        scope_masking(&records, injected, redaction),
+    ));
     let (client, connection) = h2::client::Builder::new()
         .initial_connection_window_size(connection_window)
         .handshake::<_, Bytes>(client_io)

@@ -1,3 +1,6 @@
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+
 use super::*;
 
 fn get(authority: Option<&'static str>) -> Head<'static> {

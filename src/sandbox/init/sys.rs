@@ -5,7 +5,8 @@
 //! real path compiles to the direct calls it made before.
 
 use std::ffi::{CStr, CString};
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -35,6 +36,14 @@ pub(super) trait Sys {
     fn set_uid(&mut self, uid: Uid) -> io::Result<()>;
     fn clear_capabilities(&mut self, set: caps::CapSet) -> io::Result<()>;
     fn set_no_new_privs(&mut self) -> io::Result<()>;
+    /// prctl(PR_SET_DUMPABLE).
+    fn set_dumpable(&mut self, dumpable: bool) -> io::Result<()>;
+    /// SIGKILL when the parent (the keeper) dies.
+    fn set_parent_death_signal(&mut self) -> io::Result<()>;
+    /// Installs the socket filter (`unix_sockets::filter`) and returns its listener.
+    fn install_socket_filter(&mut self) -> io::Result<OwnedFd>;
+    /// Gives the listener to PID 1 and waits until PID 1 holds it.
+    fn hand_over_listener(&mut self, listener: OwnedFd) -> io::Result<()>;
     fn chdir(&mut self, dir: &Path) -> io::Result<()>;
     /// Marks every descriptor but stdin, stdout and stderr close-on-exec.
     fn only_stdio_on_exec(&mut self) -> io::Result<()>;
@@ -42,8 +51,17 @@ pub(super) trait Sys {
     fn exec(&mut self, path: &CStr, argv: &[CString], envp: &[CString]) -> Errno;
 }
 
-/// The kernel's.
-pub(super) struct Linux;
+/// The kernel's. `handover`: the command's ends of the pipes to PID 1, which takes the listener.
+pub(super) struct Linux {
+    pub(super) handover: Option<Handover>,
+}
+
+/// The command tells PID 1 the listener's number on `to_pid1`; PID 1 answers on `from_pid1` once it has
+/// taken it: `b"k"`, or `b"x"` if it could not.
+pub(super) struct Handover {
+    pub(super) to_pid1: OwnedFd,
+    pub(super) from_pid1: OwnedFd,
+}
 
 impl Sys for Linux {
     fn reset_signals(&mut self, mask: &SigSet) -> io::Result<()> {
@@ -113,6 +131,34 @@ impl Sys for Linux {
 
     fn set_no_new_privs(&mut self) -> io::Result<()> {
         Ok(nix::sys::prctl::set_no_new_privs()?)
+    }
+
+    fn set_dumpable(&mut self, dumpable: bool) -> io::Result<()> {
+        Ok(nix::sys::prctl::set_dumpable(dumpable)?)
+    }
+
+    fn set_parent_death_signal(&mut self) -> io::Result<()> {
+        Ok(nix::sys::prctl::set_pdeathsig(
+            nix::sys::signal::Signal::SIGKILL,
+        )?)
+    }
+
+    fn install_socket_filter(&mut self) -> io::Result<OwnedFd> {
+        crate::sandbox::unix_sockets::filter::install()
+    }
+
+    fn hand_over_listener(&mut self, listener: OwnedFd) -> io::Result<()> {
+        let handover = self
+            .handover
+            .take()
+            .ok_or_else(|| io::Error::other("no way to PID 1"))?;
+        std::fs::File::from(handover.to_pid1).write_all(&listener.as_raw_fd().to_ne_bytes())?;
+        let mut answer = [0u8; 1];
+        std::fs::File::from(handover.from_pid1).read_exact(&mut answer)?;
+        if answer != *b"k" {
+            return Err(io::Error::other("PID 1 could not take it"));
+        }
+        Ok(())
     }
 
     fn chdir(&mut self, dir: &Path) -> io::Result<()> {

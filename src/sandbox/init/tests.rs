@@ -21,6 +21,10 @@ enum Call {
     /// `caps::CapSet` by name: it has no `PartialEq`.
     ClearCapabilities(String),
     SetNoNewPrivs,
+    SetDumpable(bool),
+    SetParentDeathSignal,
+    InstallSocketFilter,
+    HandOverListener,
     Chdir(PathBuf),
     OnlyStdioOnExec,
     Exec(Vec<u8>),
@@ -119,6 +123,24 @@ impl Sys for Fake {
         self.call(Call::SetNoNewPrivs)
     }
 
+    fn set_dumpable(&mut self, dumpable: bool) -> io::Result<()> {
+        self.call(Call::SetDumpable(dumpable))
+    }
+
+    fn set_parent_death_signal(&mut self) -> io::Result<()> {
+        self.call(Call::SetParentDeathSignal)
+    }
+
+    fn install_socket_filter(&mut self) -> io::Result<OwnedFd> {
+        self.call(Call::InstallSocketFilter)?;
+        // A descriptor to hand over; the fake kernel has no filter.
+        File::open("/dev/null").map(OwnedFd::from)
+    }
+
+    fn hand_over_listener(&mut self, _listener: OwnedFd) -> io::Result<()> {
+        self.call(Call::HandOverListener)
+    }
+
     fn chdir(&mut self, dir: &Path) -> io::Result<()> {
         self.call(Call::Chdir(dir.to_path_buf()))
     }
@@ -153,10 +175,12 @@ fn spec() -> InitSpec {
         tty: false,
         hide: Vec::new(),
         replace: Vec::new(),
+        caller_files: Vec::new(),
         add_ca: Vec::new(),
         ca_pem: String::new(),
         java_keystores: Vec::new(),
         nofile_soft: 1024,
+        unix_sockets: Vec::new(),
     }
 }
 
@@ -203,6 +227,9 @@ fn the_command_becomes_the_caller_in_order_then_execs() {
         Call::SetNoNewPrivs,
         Call::Chdir(PathBuf::from("/home/caller")),
         Call::OnlyStdioOnExec,
+        Call::SetDumpable(true),
+        Call::InstallSocketFilter,
+        Call::HandOverListener,
         Call::Exec(b"/bin/true".to_vec()),
     ]);
     assert_eq!(fake.calls, expected);
@@ -254,6 +281,43 @@ fn no_privilege_outlives_the_step_that_needs_it() {
         assert!(cleared.iter().all(|&step| step < exec));
         assert!(at(Call::SetNoNewPrivs) < exec);
         assert!(at(Call::OnlyStdioOnExec) < exec);
+        // The socket filter needs no_new_privs (the process has no CAP_SYS_ADMIN left), and comes last
+        // so that nothing the set-up does goes through it; PID 1 holds its listener before exec.
+        assert!(at(Call::SetNoNewPrivs) < at(Call::InstallSocketFilter));
+        assert!(at(Call::SetDumpable(true)) < at(Call::HandOverListener));
+        assert!(at(Call::InstallSocketFilter) < at(Call::HandOverListener));
+        assert_eq!(at(Call::HandOverListener), exec - 1);
+    }
+}
+
+/// PID 1 serves the socket filter as the caller and no more: every privilege dropped as the command drops
+/// them, then out of the command's reach (non-dumpable), with its parent-death signal set again (changing
+/// uid cleared it).
+#[test]
+fn pid1_becomes_the_caller_before_it_serves() {
+    let mut fake = Fake::default();
+    become_supervisor(&mut fake, &spec()).unwrap();
+    let mut expected: Vec<Call> = (0..41).map(Call::DropFromBoundingSet).collect();
+    expected.extend([
+        Call::SetGroups(vec![1001, 27]),
+        Call::SetGid(1001),
+        Call::SetUid(1000),
+        clear("Ambient"),
+        clear("Inheritable"),
+        clear("Effective"),
+        clear("Permitted"),
+        Call::SetNoNewPrivs,
+        Call::SetDumpable(false),
+        Call::SetParentDeathSignal,
+    ]);
+    assert_eq!(fake.calls, expected);
+    for step in 0..expected.len() {
+        let mut fake = Fake {
+            fail_at: Some(step),
+            ..Fake::default()
+        };
+        assert!(become_supervisor(&mut fake, &spec()).is_err());
+        assert_eq!(fake.calls, expected[..=step], "failing step {step}");
     }
 }
 
@@ -307,6 +371,15 @@ fn failure_message(call: &Call) -> String {
         Call::SetUid(uid) => format!("setting uid {uid}"),
         Call::ClearCapabilities(set) => format!("clearing the {set} capability set"),
         Call::SetNoNewPrivs => "setting no_new_privs".to_string(),
+        Call::SetDumpable(true) => "letting PID 1 take the socket filter".to_string(),
+        Call::SetDumpable(false) => "making PID 1 non-dumpable".to_string(),
+        Call::SetParentDeathSignal => "setting the parent-death signal".to_string(),
+        Call::InstallSocketFilter => {
+            "installing the socket filter (seccomp user notification, Linux \
+                                      5.19 or newer; see `sandbox doctor`)"
+                .to_string()
+        }
+        Call::HandOverListener => "handing the socket filter to PID 1".to_string(),
         Call::Chdir(dir) => format!("cannot enter the working directory {}", dir.display()),
         Call::OnlyStdioOnExec => "keeping the daemon's descriptors from the command".to_string(),
         Call::Exec(_) => unreachable!("exec reports its own failure"),

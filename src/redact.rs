@@ -8,6 +8,11 @@
 //!   match is replaced by as many `*`, so lengths, Content-Length and framing stay valid.
 //! - [`Needles::mask_all`]: a small buffer at once (a header value, a status reason, a trailer).
 //!
+//! Around this core: [`profiles`] (what each sandbox masks, and keeping it up to date when a secret
+//! changes), [`messages`] (a response as hyper carries it: headers, reason, body) and [`tunnel`] (an
+//! upgraded connection's server-to-client bytes). The HTTP/2 relay masks its frames itself
+//! (`proxy::http2`).
+//!
 //! # What is masked
 //! Every occurrence of every needle, overlapping ones included: the automaton reports all of them
 //! (Aho-Corasick's standard semantics), and the union of their bytes is masked. Leftmost-longest or
@@ -75,6 +80,10 @@ use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_NO_PAD};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use zeroize::{Zeroize, Zeroizing};
+
+pub mod messages;
+pub mod profiles;
+pub mod tunnel;
 
 /// Shorter needles are not masked (see the module's documentation).
 pub const MIN_NEEDLE: usize = 8;
@@ -203,10 +212,15 @@ impl Needles {
 
     /// `value` with every match masked, or `None` when nothing matched. For buffers that arrive whole
     /// (header values, a status reason, trailers). A search of its own (the automaton's overlapping
-    /// iterator, no prefilter, nothing held), so that it can check a [`Masker`]: streaming a buffer cut
-    /// anywhere gives the same bytes and the same count.
+    /// iterator, nothing held; the prefilter only says whether to search at all), so that it can check a
+    /// [`Masker`]: streaming a buffer cut anywhere gives the same bytes and the same count.
     pub fn mask_all(&self, value: &[u8]) -> Option<Masked> {
         let matcher = self.matcher.as_ref()?;
+        // Every needle begins with one of the prefilter's patterns: where none occurs, none does. This
+        // runs on every header of every response, most of which hold no needle's beginning.
+        if let Some(prefilter) = &matcher.prefilter {
+            prefilter.find_in(value, Span::from(0..value.len()))?;
+        }
         let mut runs = Runs::default();
         let mut bytes: Option<Vec<u8>> = None;
         let mut mask = |start: usize, end: usize| {
@@ -536,6 +550,11 @@ impl Masker {
         self.clear_held();
         self.state = self.needles.matcher.as_ref().map(|matcher| matcher.start);
         tail
+    }
+
+    /// The needles this stream is masked with (those in force when it began).
+    pub fn needles(&self) -> &Needles {
+        &self.needles
     }
 
     /// How many bytes are held back: pushed, not yet released.

@@ -1,0 +1,173 @@
+//! The process a notification is about: its descriptors (taken with pidfd_getfd, so the supervisor acts on
+//! the very socket the call named, whatever the program's descriptor table says a moment later) and its
+//! memory (read once with process_vm_readv, so the supervisor decides and acts on one copy, whatever the
+//! program writes there a moment later). The kernel allows both to the supervisor because it runs as the
+//! same user and is an ancestor of every process of the sandbox.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+pub(super) struct Target {
+    /// The calling thread, as the sandbox's PID namespace numbers it.
+    pub(super) tid: libc::pid_t,
+    pidfd: OwnedFd,
+}
+
+impl Target {
+    /// The thread `tid` (kernel 6.9 has pidfds of threads; before, its process's, which share its
+    /// descriptors unless it was made with clone without CLONE_FILES). Until the notification is checked
+    /// valid after this, `tid` may be another process that reused the number.
+    pub(super) fn open(tid: u32) -> Result<Target, Errno> {
+        let tid = tid as libc::pid_t;
+        let pidfd = match pidfd_open(tid, libc::PIDFD_THREAD) {
+            Err(Errno::EINVAL) => pidfd_open(thread_group(tid)?, 0)?,
+            other => other?,
+        };
+        Ok(Target { tid, pidfd })
+    }
+
+    /// A duplicate of the target's descriptor `fd` (the same open file).
+    pub(super) fn fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
+        // SAFETY: integer arguments only; a returned descriptor is new and ours alone.
+        let got = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_getfd,
+                self.pidfd.as_raw_fd(),
+                fd,
+                0 as libc::c_uint,
+            )
+        };
+        if got < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: as above.
+        Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
+    }
+
+    /// `len` bytes at `address`, or EFAULT as the kernel would have said.
+    pub(super) fn read(&self, address: u64, len: usize) -> Result<Vec<u8>, Errno> {
+        self.read_pieces(&[(address, len)])
+    }
+
+    /// The pieces `(address, len)`, one after the other, in one call.
+    pub(super) fn read_pieces(&self, pieces: &[(u64, usize)]) -> Result<Vec<u8>, Errno> {
+        let total: usize = pieces.iter().map(|&(_, len)| len).sum();
+        let mut buffer = vec![0u8; total];
+        if total == 0 {
+            return Ok(buffer);
+        }
+        let remote: Vec<libc::iovec> = pieces
+            .iter()
+            .filter(|&&(_, len)| len > 0)
+            .map(|&(address, len)| libc::iovec {
+                iov_base: address as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // process_vm_readv takes at most IOV_MAX (1024) pieces a call.
+        let mut done = 0;
+        for chunk in remote.chunks(1024) {
+            let want: usize = chunk.iter().map(|iov| iov.iov_len).sum();
+            let local = libc::iovec {
+                iov_base: buffer[done..].as_mut_ptr().cast(),
+                iov_len: want,
+            };
+            // SAFETY: the local buffer has room for `want` bytes; remote addresses are only read by the
+            // kernel, which checks them against the target's memory.
+            let got = unsafe {
+                libc::process_vm_readv(
+                    self.tid,
+                    &local,
+                    1,
+                    chunk.as_ptr(),
+                    chunk.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            if got < 0 {
+                return Err(match Errno::last() {
+                    // ESRCH: gone, and the notification with it; EPERM/EFAULT: what the call would have met.
+                    Errno::EPERM => Errno::EPERM,
+                    Errno::ESRCH => Errno::ESRCH,
+                    _ => Errno::EFAULT,
+                });
+            }
+            if got as usize != want {
+                return Err(Errno::EFAULT);
+            }
+            done += want;
+        }
+        Ok(buffer)
+    }
+
+    /// Writes `bytes` at `address` (sendmmsg's per-message lengths).
+    pub(super) fn write(&self, address: u64, bytes: &[u8]) -> Result<(), Errno> {
+        let local = libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: address as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        // SAFETY: the kernel only reads the local buffer and checks the remote range.
+        let put = unsafe { libc::process_vm_writev(self.tid, &local, 1, &remote, 1, 0) };
+        if put as usize != bytes.len() {
+            return Err(Errno::EFAULT);
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` as the kernel would have (SIGPIPE for a send on a closed stream).
+    pub(super) fn signal(&self, signal: libc::c_int) {
+        // SAFETY: integer arguments and a NULL siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+    }
+
+    /// The target's root or working directory (`"root"`, `"cwd"`), to resolve the paths it names as it
+    /// would.
+    pub(super) fn directory(&self, which: &str) -> Result<OwnedFd, Errno> {
+        nix::fcntl::open(
+            format!("/proc/{}/{which}", self.tid).as_str(),
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+    }
+}
+
+fn pidfd_open(pid: libc::pid_t, flags: libc::c_uint) -> Result<OwnedFd, Errno> {
+    // SAFETY: integer arguments; a returned descriptor is new and ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The process of thread `tid`, from /proc (kernels without pidfds of threads).
+fn thread_group(tid: libc::pid_t) -> Result<libc::pid_t, Errno> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|error| io_errno(&error))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse().ok())
+        .ok_or(Errno::ESRCH)
+}
+
+pub(super) fn io_errno(error: &io::Error) -> Errno {
+    error.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
