@@ -1134,6 +1134,33 @@ fn the_http2_relay_follows_the_current_token() {
     thread::sleep(Duration::from_secs(1));
     assert_eq!(fetched(), count + 1, "one fetch");
     assert_secrets_stay_secret(&d, &server, &[&stdout(&o)]);
+
+    // Redaction covers minted tokens: an upstream that echoes the request's headers gives the token back,
+    // and the sandbox gets it masked, over HTTP/1.1 and HTTP/2 alike.
+    let current = server
+        .issued()
+        .last()
+        .expect("tokens were issued")
+        .2
+        .clone();
+    // The header value as injected is itself a needle: all of it is masked.
+    let masked = format!("\"{}\"", "*".repeat(format!("Bearer {current}").len()));
+    for version in ["--http1.1", "--http2"] {
+        let o = sandboxed_curl(&d, &[version, &format!("https://{API_HOST}/echo?c=echo")]);
+        assert_eq!(status_of(&o), 200, "{}", describe(&o));
+        assert!(
+            stdout(&o).contains(&masked),
+            "{version}: the echoed token, masked: {}",
+            describe(&o)
+        );
+        assert_secrets_stay_secret(&d, &server, &[&stdout(&o)]);
+    }
+    assert!(
+        tagged(&up, "c=echo")
+            .iter()
+            .all(|r| r.header("authorization") == [format!("Bearer {current}")]),
+        "the upstream got the token itself"
+    );
     d.finish();
 }
 
