@@ -2,7 +2,7 @@
 # Installs sandbox as a systemd service, as root:
 #   scripts/install.sh                        build (cargo build --release --locked) and install
 #   scripts/install.sh --binary PATH          install this binary instead of building
-#   scripts/install.sh --uninstall [--purge]  stop, disable and remove it (--purge: also config and logs)
+#   scripts/install.sh --uninstall [--purge]  stop, disable and remove it (--purge: also config, logs and state)
 #
 # Installs /usr/local/bin/sandbox, /etc/systemd/system/sandbox.service, the `sandbox` group (members may
 # call `sandbox exec`), an example /etc/sandbox/sandbox.toml when there is none (an existing config is
@@ -21,6 +21,7 @@ conf_dir=/etc/sandbox
 conf=$conf_dir/sandbox.toml
 doc_dir=/usr/local/share/doc/sandbox
 log_dir=/var/log/sandbox
+state_dir=/var/lib/sandbox  # daemon.state_dir: rotated refresh tokens
 group=sandbox
 # What the daemon makes in the kernel (src/kernel/marks.rs: MARK, ROUTE_TABLE, LINK_PREFIX; src/kernel/nft.rs).
 mark=0x5ba
@@ -171,7 +172,7 @@ uninstall() {
     fi
   fi
   if [[ $purge == true ]]; then
-    for path in "$conf_dir" "$log_dir" "$dropins"; do
+    for path in "$conf_dir" "$log_dir" "$state_dir" "$dropins"; do
       if [[ -e $path ]]; then
         rm -rf "$path"
         say "removed $path"
@@ -179,7 +180,7 @@ uninstall() {
     done
     systemd_running && systemctl daemon-reload
   else
-    for path in "$conf_dir" "$log_dir" "$dropins"; do
+    for path in "$conf_dir" "$log_dir" "$state_dir" "$dropins"; do
       [[ -e $path ]] && say "kept $path (--purge removes it)"
     done
   fi

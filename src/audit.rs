@@ -1,5 +1,6 @@
-//! The audit log: one JSON object per line for every connection, DNS query and (later) HTTP request a
-//! sandbox makes, with who, where, how much and the verdict. Records are built from fields that never hold
+//! The audit log: one JSON object per line for every connection, DNS query and HTTP request a sandbox
+//! makes, with who, where, how much and the verdict, and for every token fetch of a minted secret (kind
+//! `token`: which secret, which endpoint, what came of it). Records are built from fields that never hold
 //! a secret value. One writer task owns the file, so lines never interleave; a full queue slows the proxies
 //! down rather than dropping records.
 
@@ -30,6 +31,7 @@ pub enum Kind {
     TlsPassthrough,
     Tcp,
     Dns,
+    Token,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -82,6 +84,47 @@ pub struct Record {
 
 fn is_zero<N: Default + PartialEq>(n: &N) -> bool {
     *n == N::default()
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenVerdict {
+    Minted,
+    Error,
+}
+
+/// One token fetch of a minted secret: never the token, nor anything the endpoint said but its status and
+/// its error (`error`, `error_description`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRecord {
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    pub kind: Kind,
+    pub secret: String,
+    /// `github_app`, `oauth2` or `google_service_account`.
+    pub source: &'static str,
+    /// The token endpoint's host.
+    pub endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    pub verdict: TokenVerdict,
+    /// When the token minted expires.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_millis_opt"
+    )]
+    pub expires: Option<SystemTime>,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What goes into the log: one line each.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Record(Record),
+    Token(TokenRecord),
 }
 
 impl Record {
@@ -137,9 +180,19 @@ fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
+fn rfc3339_millis_opt<S: Serializer>(
+    time: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => rfc3339_millis(time, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 #[derive(Clone)]
 pub struct Audit {
-    queue: mpsc::Sender<Record>,
+    queue: mpsc::Sender<Entry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +218,7 @@ impl Audit {
             .mode(0o640)
             .open(path)
             .map_err(error)?;
-        let (queue, mut records) = mpsc::channel::<Record>(QUEUE);
+        let (queue, mut records) = mpsc::channel::<Entry>(QUEUE);
         let path = path.to_path_buf();
         std::thread::Builder::new()
             .name("audit".into())
@@ -175,7 +228,7 @@ impl Audit {
                     // Records that arrive meanwhile join this one: a proxy handing over a record
                     // wakes this thread once per batch instead of once per request.
                     std::thread::sleep(BATCH_DELAY);
-                    let mut write = |record: &Record| -> std::io::Result<()> {
+                    let mut write = |record: &Entry| -> std::io::Result<()> {
                         serde_json::to_writer(&mut out, record)?;
                         out.write_all(b"\n")
                     };
@@ -193,12 +246,17 @@ impl Audit {
     }
 
     pub async fn log(&self, record: Record) {
-        let _ = self.queue.send(record).await;
+        let _ = self.queue.send(Entry::Record(record)).await;
     }
 
     /// For places that cannot wait (a body being dropped): a full queue loses this record, loudly.
     pub fn log_now(&self, record: Record) {
-        hand_over(&self.queue, record);
+        hand_over(&self.queue, Entry::Record(record));
+    }
+
+    /// A token fetch; called from the minted secrets' refresh tasks, which do not wait on the log.
+    pub fn log_token(&self, record: TokenRecord) {
+        hand_over(&self.queue, Entry::Token(record));
     }
 
     /// A handle for code that is polled rather than awaited.
@@ -212,12 +270,12 @@ impl Audit {
 /// has passed every waiting record on: a sandbox that makes requests faster than the log is written
 /// (streams it resets at once cost it nothing) is slowed down to that pace, and no record is lost.
 pub struct PolledLog {
-    queue: PollSender<Record>,
+    queue: PollSender<Entry>,
     waiting: VecDeque<Record>,
 }
 
 impl PolledLog {
-    pub fn new(queue: mpsc::Sender<Record>) -> Self {
+    pub fn new(queue: mpsc::Sender<Entry>) -> Self {
         PolledLog {
             queue: PollSender::new(queue),
             waiting: VecDeque::new(),
@@ -226,9 +284,9 @@ impl PolledLog {
 
     pub fn log(&mut self, record: Record) {
         let record = match self.queue.get_ref() {
-            Some(queue) if self.waiting.is_empty() => match queue.try_send(record) {
-                Err(TrySendError::Full(record)) => record,
-                Ok(()) | Err(TrySendError::Closed(_)) => return,
+            Some(queue) if self.waiting.is_empty() => match queue.try_send(Entry::Record(record)) {
+                Err(TrySendError::Full(Entry::Record(record))) => record,
+                Ok(()) | Err(TrySendError::Full(_) | TrySendError::Closed(_)) => return,
             },
             Some(_) => record,
             None => return,
@@ -247,7 +305,7 @@ impl PolledLog {
             match self.queue.poll_reserve(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(record) = self.waiting.pop_front() {
-                        let _ = self.queue.send_item(record);
+                        let _ = self.queue.send_item(Entry::Record(record));
                     }
                 }
                 // The writer is gone (the daemon is stopping): there is nowhere to wait for.
@@ -266,13 +324,13 @@ impl Drop for PolledLog {
             return;
         };
         for record in self.waiting.drain(..) {
-            hand_over(queue, record);
+            hand_over(queue, Entry::Record(record));
         }
     }
 }
 
 /// Queues `record` if there is room; a full queue loses it, loudly.
-fn hand_over(queue: &mpsc::Sender<Record>, record: Record) {
+fn hand_over(queue: &mpsc::Sender<Entry>, record: Entry) {
     if queue.try_send(record).is_err() {
         tracing::error!("audit queue full; a record was lost");
     }
@@ -312,6 +370,10 @@ mod tests {
     async fn a_polled_log_keeps_what_a_full_queue_cannot_take() {
         let (queue, mut written) = mpsc::channel(1);
         let mut log = PolledLog::new(queue);
+        let bytes_up = |entry: Entry| match entry {
+            Entry::Record(record) => record.bytes_up,
+            Entry::Token(_) => panic!("a token record"),
+        };
         for n in 0..3 {
             log.log(record(n));
         }
@@ -320,7 +382,7 @@ mod tests {
         assert!(drained.is_pending(), "the queue has no room yet");
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            seen.push(written.recv().await.unwrap().bytes_up);
+            seen.push(bytes_up(written.recv().await.unwrap()));
             let _ = std::future::poll_fn(|cx| Poll::Ready(log.poll_drain(cx))).await;
         }
         assert_eq!(seen, [0, 1, 2]);
@@ -342,6 +404,38 @@ mod tests {
         assert_eq!(
             line,
             r#"{"time":"2023-11-14T22:13:20.123Z","sandbox":"sbx-1","uid":1000,"profile":"default","kind":"tls-passthrough","destination":"10.0.0.3:443","sni":"api.example.com","bytes_up":1,"bytes_down":2,"duration_ms":3,"verdict":"passed"}"#
+        );
+    }
+
+    #[test]
+    fn a_token_fetch_is_a_line_of_kind_token() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let minted = TokenRecord {
+            time: at,
+            kind: Kind::Token,
+            secret: "github".into(),
+            source: "github_app",
+            endpoint: "api.github.com".into(),
+            status: Some(201),
+            verdict: TokenVerdict::Minted,
+            expires: Some(at + Duration::from_secs(3600)),
+            duration_ms: 40,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&Entry::Token(minted.clone())).unwrap(),
+            r#"{"time":"2023-11-14T22:13:20.123Z","kind":"token","secret":"github","source":"github_app","endpoint":"api.github.com","status":201,"verdict":"minted","expires":"2023-11-14T23:13:20.123Z","duration_ms":40}"#
+        );
+        let failed = TokenRecord {
+            status: None,
+            verdict: TokenVerdict::Error,
+            expires: None,
+            error: Some("connecting to api.github.com: refused".into()),
+            ..minted
+        };
+        assert_eq!(
+            serde_json::to_string(&Entry::Token(failed)).unwrap(),
+            r#"{"time":"2023-11-14T22:13:20.123Z","kind":"token","secret":"github","source":"github_app","endpoint":"api.github.com","verdict":"error","duration_ms":40,"error":"connecting to api.github.com: refused"}"#
         );
     }
 }

@@ -78,6 +78,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show every secret the daemon holds and its state; never a value. Root only.
+    ///
+    /// One line per secret of the config in force:
+    ///
+    ///   NAME          the secret's name in [secrets]
+    ///   SOURCE        env, file or credential (static: read at start and on every reload), or
+    ///                 github_app, oauth2, google_service_account (minted: the daemon makes short-lived
+    ///                 tokens from a root credential and refreshes them itself)
+    ///   STATE         ok: a valid token (static secrets: loaded); refreshing: a fetch is running;
+    ///                 expired: the token is no longer used and the fetches since failed (retrying);
+    ///                 error: no valid token and the last fetch was refused (retried at most every 5
+    ///                 minutes, and at once after a reload), or no fetch has succeeded yet
+    ///   EXPIRES-IN    until the current token expires (it is no longer used in its last tenth, at most
+    ///                 its last minute; a new one is fetched once half its lifetime has passed)
+    ///   LAST-REFRESH  when the token was last minted, or the static value last read
+    ///   FROM          the variable, file or credential a static secret is read from; a minted secret's
+    ///                 token endpoint
+    ///   LAST-ERROR    why the last fetch failed: the endpoint's status and its error, never a token
+    ///
+    /// A request for a minted secret without a valid token gets 503 from the daemon, naming the secret
+    /// and LAST-ERROR; nothing is sent upstream. Every fetch is also a line of kind "token" in the audit
+    /// log. Anyone but root is refused (exit 1).
+    Secrets {
+        /// The daemon's control socket.
+        #[arg(long, env = "SANDBOX_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Print JSON instead of a table (times as RFC 3339 and in seconds).
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this host has what the daemon needs (run as root) and say how to fix what is missing.
     Doctor,
     /// Run the privileged daemon in the foreground (logs on stderr; RUST_LOG sets the level).
@@ -123,6 +153,23 @@ fn main() -> ExitCode {
                     );
                 } else {
                     client::print_list(&sandboxes);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sandbox: {error}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Secrets { socket, json } => match client::secrets(&socket) {
+            Ok(secrets) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&secrets).unwrap_or_default()
+                    );
+                } else {
+                    client::print_secrets(&secrets);
                 }
                 ExitCode::SUCCESS
             }

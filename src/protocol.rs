@@ -8,7 +8,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-/// Bumped whenever a message changes shape; both sides refuse to talk across versions.
+/// Bumped whenever a message changes shape; both sides refuse to talk across versions. A new request (with
+/// its reply) is not a change of shape: the messages of other requests stay as they were, and a daemon
+/// that does not know it answers `Error` naming the unknown variant, which the client turns into advice.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Large enough for a command line plus a big environment (Linux caps both together near 2 MiB).
@@ -63,6 +65,8 @@ pub enum Request {
     /// Run a command; stdin/stdout/stderr arrive as three file descriptors with this frame.
     Exec(ExecRequest),
     List,
+    /// Every secret the daemon holds and the state of each (root only); never a value.
+    Secrets,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -93,6 +97,7 @@ pub enum Reply {
     Exited { code: i32 },
     Error { message: String },
     List { sandboxes: Vec<SandboxInfo> },
+    Secrets { secrets: Vec<SecretInfo> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -107,6 +112,29 @@ pub struct SandboxInfo {
     pub connections: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+}
+
+/// One secret, as `sandbox secrets` shows it. Never its value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SecretInfo {
+    pub name: String,
+    /// `env`, `file`, `credential`, `github_app`, `oauth2` or `google_service_account`.
+    pub source: String,
+    /// The variable, file or credential a static secret is read from; a minted one's token endpoint host.
+    pub from: String,
+    /// `ok`, `refreshing`, `expired` or `error`.
+    pub state: String,
+    /// Until the token expires (minted only).
+    pub expires_in_secs: Option<u64>,
+    /// Until the token is no longer handed out (its last tenth, at most a minute, is not used).
+    pub usable_for_secs: Option<u64>,
+    /// When the token was last minted, or the static value last read (start or reload): RFC 3339.
+    pub last_refresh: Option<String>,
+    pub last_refresh_ago_secs: Option<u64>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// When the next fetch is due (refresh or retry), unless one is running.
+    pub next_fetch_in_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +318,15 @@ mod tests {
         let error = decode_request(body).unwrap_err();
         assert!(matches!(error, FrameError::Version { theirs: 99 }));
         assert!(error.to_string().contains("99"));
+    }
+
+    #[test]
+    fn the_secrets_request_is_a_new_variant_of_version_1() {
+        let frame = encode_request(Request::Secrets).unwrap();
+        assert_eq!(&frame[4..], br#"{"version":1,"request":"secrets"}"#);
+        let mut buffer = frame;
+        let body = take_frame(&mut buffer).unwrap().unwrap();
+        assert_eq!(decode_request(&body).unwrap(), Request::Secrets);
     }
 
     #[test]

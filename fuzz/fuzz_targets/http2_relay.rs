@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use sandbox::audit::{Kind, PolledLog, Record, Verdict};
+use sandbox::audit::{Entry, Kind, PolledLog, Record, Verdict};
 use sandbox::proxy::http2::hpack::{encode_field, Decoder};
-use sandbox::proxy::http2::{handshake, relay, Injected, Scope};
+use sandbox::proxy::http2::{handshake, relay, Injected, Injection, Scope};
 use sandbox::proxy::policy::host_matches;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -108,16 +108,17 @@ fn steps(mut data: &[u8]) -> Vec<Step<'_>> {
     steps
 }
 
-fn scope(queue: mpsc::Sender<Record>, counted: Arc<AtomicUsize>) -> Scope {
+fn scope(queue: mpsc::Sender<Entry>, counted: Arc<AtomicUsize>) -> Scope {
     let mut block = Zeroizing::new(Vec::new());
     encode_field(b"authorization", SECRET.as_bytes(), true, &mut block);
     Scope {
         sni: SNI.into(),
         port: 443,
-        injected: Ok(Injected {
+        injection: Injection::fixed(Ok(Injected {
             names: vec!["authorization".into()],
             block,
-        }),
+            tokens: Vec::new(),
+        })),
         // Responses pass unmasked (`redact = false`), as the checks below expect: the secret may reach the
         // client when a peer sent it. The matcher is fuzzed by the `redaction` target.
         redaction: None,
@@ -195,8 +196,11 @@ async fn run(data: &[u8]) {
     let (queue, mut logged) = mpsc::channel(LOG_QUEUE);
     let records = tokio::spawn(async move {
         let mut all = Vec::new();
-        while let Some(record) = logged.recv().await {
-            all.push(record);
+        while let Some(entry) = logged.recv().await {
+            // The relay logs requests; token fetches are the secret store's.
+            if let Entry::Record(record) = entry {
+                all.push(record);
+            }
         }
         all
     });

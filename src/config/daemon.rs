@@ -1,4 +1,5 @@
-//! `[daemon]`: the socket, the audit log, the address pools, resolvers and upstream roots. The pools
+//! `[daemon]`: the socket, the audit log, the address pools, resolvers, upstream roots and the state
+//! directory (where rotated refresh tokens are kept). The pools
 //! are checked here, where the file can still be pointed at, so that a pool too small for one
 //! sandbox or over addresses the host needs is refused before any sandbox is made.
 
@@ -12,6 +13,8 @@ use super::syntax::{parse_str, AbsolutePath};
 
 pub const DEFAULT_SOCKET: &str = "/run/sandbox/sandbox.sock";
 const DEFAULT_AUDIT_LOG: &str = "/var/log/sandbox/audit.jsonl";
+/// systemd's `StateDirectory=sandbox`.
+const DEFAULT_STATE_DIR: &str = "/var/lib/sandbox";
 const DEFAULT_SUBNET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 233, 0, 0), 16);
 const DNS_PORT: u16 = 53;
 /// Each sandbox takes a /30 (host side, sandbox side).
@@ -36,6 +39,9 @@ pub struct DaemonSection {
     pub dns: Vec<SocketAddr>,
     #[serde(deserialize_with = "absolute_paths")]
     pub upstream_ca: Vec<PathBuf>,
+    /// Refresh tokens an OAuth2 server rotated, one file per secret (0600, written atomically).
+    #[serde(deserialize_with = "absolute_path")]
+    pub state_dir: PathBuf,
 }
 
 impl Default for DaemonSection {
@@ -48,6 +54,7 @@ impl Default for DaemonSection {
             audit_log: PathBuf::from(DEFAULT_AUDIT_LOG),
             dns: Vec::new(),
             upstream_ca: Vec::new(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
         }
     }
 }

@@ -12,7 +12,7 @@ use toml::Spanned;
 
 use super::aws_sigv4::{AwsSigV4, RawAwsSigV4};
 use super::hosts::HostPattern;
-use super::secrets::SecretDef;
+use super::secrets::{SecretDef, SecretSource};
 use super::syntax::{ConfigError, Source};
 use super::templates::Template;
 
@@ -48,6 +48,20 @@ pub struct Integration {
     pub aws_sigv4: Option<AwsSigV4>,
     /// Whether its hosts' responses are scanned for secrets and masked (`redact`, default true).
     pub redact: bool,
+    /// The minted secrets its templates name, each once: empty for an integration of static secrets,
+    /// whose requests then cost what they always did.
+    pub minted: Vec<String>,
+}
+
+impl Integration {
+    /// Every template it renders: its headers', then basic auth's.
+    pub fn templates(&self) -> impl Iterator<Item = &Template> {
+        self.headers.values().chain(
+            self.basic_auth
+                .iter()
+                .flat_map(|auth| [&auth.username, &auth.password]),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,14 +170,26 @@ impl RawIntegration {
             }
             None => None,
         };
-        Ok(Integration {
+        let mut integration = Integration {
             name,
             hosts: self.hosts.into_inner(),
             headers,
             basic_auth,
             aws_sigv4,
             redact: self.redact,
-        })
+            minted: Vec::new(),
+        };
+        let mut minted: Vec<String> = Vec::new();
+        for name in integration.templates().flat_map(Template::secret_names) {
+            let is_minted = secrets
+                .get(name)
+                .is_some_and(|def| matches!(def.source, SecretSource::Minted(_)));
+            if is_minted && !minted.iter().any(|m| m == name) {
+                minted.push(name.to_owned());
+            }
+        }
+        integration.minted = minted;
+        Ok(integration)
     }
 }
 

@@ -4,16 +4,21 @@
 //!
 //! A file per table, or per kind of value that tables hold, each with its TOML shape and its checks and
 //! each using only the files named before it: `syntax` (what every table shares: errors that point into
-//! the file, names, absolute paths), `daemon` (`[daemon]`), `secrets` (`[secrets]`, and reading their
-//! values), `hosts` (host patterns), `templates` (header values with `${secret:NAME}`), `aws_sigv4` (an
-//! integration's AWS signing credentials), `integrations` (`[[integration]]`), `profiles` (`[[profile]]`,
-//! and choosing a caller's). Here, on top: the file whole, the checks between tables (the integrations a
-//! profile lists), and `Current`, the config in force.
+//! the file, names, absolute paths), `daemon` (`[daemon]`), `minted` (the tables of minted secrets,
+//! `[secrets.NAME.github_app]` and the like), `secrets` (`[secrets]`, and reading their values), `hosts`
+//! (host patterns), `templates` (header values with `${secret:NAME}`), `aws_sigv4` (an integration's AWS
+//! signing credentials), `integrations` (`[[integration]]`), `profiles` (`[[profile]]`, and choosing a
+//! caller's). Here, on top: the file whole, the checks between tables (the secrets a minted secret's key
+//! fields name, the integrations a profile lists), minted secrets resolved against the static values, and
+//! `Current`, the config in force.
+//!
+//! The config imports the spec types of `secrets` (the minted secrets' module), never the other way.
 
 mod aws_sigv4;
 mod daemon;
 mod hosts;
 mod integrations;
+mod minted;
 mod profiles;
 mod secrets;
 mod syntax;
@@ -23,12 +28,13 @@ pub use aws_sigv4::{is_aws_scope_name, AwsSigV4};
 pub use daemon::{DaemonSection, DEFAULT_SOCKET};
 pub use hosts::HostPattern;
 pub use integrations::{basic_credentials, BasicAuth, Integration};
+pub use minted::MintedSecret;
 pub use profiles::{Egress, Profile, ProfileError, UnixSocketPattern, UserMatcher};
-pub use secrets::{SecretDef, SecretSource, SecretValue, Secrets};
+pub use secrets::{SecretDef, SecretSource, Secrets};
 pub use syntax::{ConfigError, Location};
-pub use templates::{MissingSecret, Template};
+pub use templates::{MissingSecret, SecretValues, Template};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -36,8 +42,10 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::secrets::Definition;
 use integrations::RawIntegration;
 use profiles::RawProfile;
+use secrets::RawSource;
 use syntax::{check_name, Source};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +64,7 @@ struct RawConfig {
     #[serde(default)]
     daemon: DaemonSection,
     #[serde(default)]
-    secrets: BTreeMap<Spanned<String>, SecretSource>,
+    secrets: BTreeMap<Spanned<String>, RawSource>,
     #[serde(default)]
     integration: Vec<RawIntegration>,
     #[serde(default)]
@@ -82,8 +90,19 @@ impl Config {
         for (name, source) in raw.secrets {
             check_name("secret", name.get_ref()).map_err(|m| src.at(name.span(), m))?;
             let location = src.location(name.span().start);
+            let source = match source {
+                RawSource::Static(source) => source,
+                RawSource::Minted(spec, spans) => SecretSource::Minted(Box::new(MintedSecret {
+                    spec,
+                    fields: spans
+                        .into_iter()
+                        .map(|(field, span)| (field, src.location(span.start)))
+                        .collect(),
+                })),
+            };
             secrets.insert(name.into_inner(), SecretDef { source, location });
         }
+        check_key_fields(&src, &secrets)?;
 
         let mut integrations: Vec<Integration> = Vec::new();
         for raw in raw.integration {
@@ -128,9 +147,49 @@ impl Config {
         })
     }
 
-    /// Reads every secret's value from its source.
+    /// Reads every static secret's value from its source.
     pub fn load_secrets(&self) -> Result<Secrets, ConfigError> {
-        Secrets::load(&self.path, &self.secrets)
+        let templated: BTreeSet<&str> = self
+            .integrations
+            .iter()
+            .flat_map(Integration::templates)
+            .flat_map(Template::secret_names)
+            .collect();
+        let key_material: BTreeSet<&str> = self
+            .minted()
+            .flat_map(|(_, _, minted)| minted.spec.secret_names())
+            .map(|(_, name)| name)
+            .filter(|name| !templated.contains(name))
+            .collect();
+        Secrets::load(&self.path, &self.secrets, &key_material)
+    }
+
+    /// The minted secrets made ready to mint from, their key material taken from `secrets` (this
+    /// config's, loaded): RSA keys and JSON key files are checked here, and URLs are https. A rotated
+    /// refresh token is kept in `daemon.state_dir`.
+    pub fn minted_definitions(&self, secrets: &Secrets) -> Result<Vec<Definition>, ConfigError> {
+        let value = |name: &str| secrets.get(name).map(|value| value.expose());
+        self.minted()
+            .map(|(name, def, minted)| {
+                minted
+                    .spec
+                    .resolve(name, &value, &self.daemon.state_dir)
+                    .map_err(|error| ConfigError::At {
+                        path: self.path.clone(),
+                        location: minted.field_location(error.field()).unwrap_or(def.location),
+                        message: format!("secret \"{name}\": {error}"),
+                    })
+            })
+            .collect()
+    }
+
+    fn minted(&self) -> impl Iterator<Item = (&str, &SecretDef, &MintedSecret)> {
+        self.secrets
+            .iter()
+            .filter_map(|(name, def)| match &def.source {
+                SecretSource::Minted(minted) => Some((name.as_str(), def, &**minted)),
+                _ => None,
+            })
     }
 
     /// Without a request: "default" if the user may use it, else the first profile they may use.
@@ -153,6 +212,35 @@ impl Config {
             .iter()
             .filter_map(|name| self.integrations.iter().find(|i| i.name == *name))
     }
+}
+
+/// Every field of a minted secret that holds key material names a static secret of `[secrets]` (one the
+/// daemon reads, not one it mints).
+fn check_key_fields(
+    src: &Source,
+    secrets: &BTreeMap<String, SecretDef>,
+) -> Result<(), ConfigError> {
+    for (name, def) in secrets {
+        let SecretSource::Minted(minted) = &def.source else {
+            continue;
+        };
+        for (field, named) in minted.spec.secret_names() {
+            let why = match secrets.get(named).map(|named| &named.source) {
+                None => "is not defined in [secrets]",
+                Some(SecretSource::Minted(_)) => "is minted itself",
+                Some(_) => continue,
+            };
+            return Err(ConfigError::At {
+                path: src.path.to_owned(),
+                location: minted.field_location(field).unwrap_or(def.location),
+                message: format!(
+                    "secret \"{name}\": {field} names secret \"{named}\", which {why}; key material comes \
+                     from a secret with env, file or credential"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The integrations that profile `name` lists: each defined, listed once, and no two of them

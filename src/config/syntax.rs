@@ -91,6 +91,9 @@ fn reword(message: &str) -> String {
             ("username", " in basic_auth"),
             ("secret_access_key", " in aws_sigv4"),
             ("credential", " in a [secrets] entry"),
+            ("installation_id", " in [secrets.NAME.github_app]"),
+            ("token_url", " in [secrets.NAME.oauth2]"),
+            ("scopes", " in [secrets.NAME.google_service_account]"),
             ("daemon", " at the top level"),
         ]
         .into_iter()

@@ -25,6 +25,18 @@ enum Part {
 #[error("secret \"{0}\" has no loaded value")]
 pub struct MissingSecret(pub String);
 
+/// Where a template finds the values of the secrets it names: the static secrets (`Secrets`), or those
+/// and the minted tokens of a request (the request policy's).
+pub trait SecretValues {
+    fn value(&self, name: &str) -> Option<&str>;
+}
+
+impl SecretValues for Secrets {
+    fn value(&self, name: &str) -> Option<&str> {
+        self.get(name).map(|value| value.expose())
+    }
+}
+
 impl Template {
     pub(super) fn parse(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
@@ -79,8 +91,8 @@ impl Template {
         })
     }
 
-    pub fn render(&self, secrets: &Secrets) -> Result<String, MissingSecret> {
-        self.render_with(|name| secrets.get(name).map(|value| value.expose()))
+    pub fn render(&self, values: &impl SecretValues) -> Result<String, MissingSecret> {
+        self.render_with(|name| values.value(name))
     }
 
     /// As [`Template::render`], with each secret's value from `value` (redaction renders the values a

@@ -1,4 +1,4 @@
-//! The unprivileged side: `sandbox exec` and `sandbox ls`. `exec` sends the command line, environment,
+//! The client side: `sandbox exec`, `sandbox ls` and `sandbox secrets` (root's). `exec` sends the command line, environment,
 //! working directory and its own stdin/stdout/stderr to the daemon, passes on the signals it receives, and
 //! exits with the command's status. On a terminal it gives the command a pseudo-terminal of its own and
 //! relays it, so the command gets job control and Ctrl-C while the caller's shell keeps its terminal.
@@ -14,7 +14,9 @@ use std::time::Duration;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
-use crate::protocol::{self, Bytes, ClientEvent, ExecRequest, Reply, Request, SandboxInfo};
+use crate::protocol::{
+    self, Bytes, ClientEvent, ExecRequest, Reply, Request, SandboxInfo, SecretInfo,
+};
 use crate::sandbox::init::EXIT_NO_SANDBOX;
 
 /// Signals that `sandbox exec` passes on to the command instead of dying of them.
@@ -177,7 +179,7 @@ fn read_until_exit(stream: &UnixStream) -> Result<i32, ClientError> {
     loop {
         while let Some(body) = protocol::take_frame(&mut buffer)? {
             match serde_json::from_slice::<Reply>(&body).map_err(protocol::FrameError::from)? {
-                Reply::Started { .. } | Reply::List { .. } => {}
+                Reply::Started { .. } | Reply::List { .. } | Reply::Secrets { .. } => {}
                 Reply::Exited { code } => return Ok(code),
                 Reply::Error { message } => return Err(ClientError::Refused(message)),
             }
@@ -339,6 +341,53 @@ pub fn list(socket: &Path) -> Result<Vec<SandboxInfo>, ClientError> {
         Reply::List { sandboxes } => Ok(sandboxes),
         Reply::Error { message } => Err(ClientError::Refused(message)),
         _ => Err(ClientError::Hangup),
+    }
+}
+
+/// Every secret the daemon holds and its state (root only: the daemon refuses anyone else).
+pub fn secrets(socket: &Path) -> Result<Vec<SecretInfo>, ClientError> {
+    let mut stream = connect(socket)?;
+    stream.write_all(&protocol::encode_request(Request::Secrets)?)?;
+    let mut buffer = Vec::new();
+    stream.read_to_end(&mut buffer)?;
+    let body = protocol::take_frame(&mut buffer)?.ok_or(ClientError::Hangup)?;
+    match serde_json::from_slice::<Reply>(&body).map_err(protocol::FrameError::from)? {
+        Reply::Secrets { secrets } => Ok(secrets),
+        // A daemon of an older release knows no such request (see `protocol::PROTOCOL_VERSION`).
+        Reply::Error { message } if message.contains("unknown variant `secrets`") => {
+            Err(ClientError::Refused(
+                "the daemon is an older release without `sandbox secrets`; restart it with this \
+                 binary (systemctl restart sandbox)"
+                    .into(),
+            ))
+        }
+        Reply::Error { message } => Err(ClientError::Refused(message)),
+        _ => Err(ClientError::Hangup),
+    }
+}
+
+pub fn print_secrets(secrets: &[SecretInfo]) {
+    println!(
+        "{:<16} {:<23} {:<11} {:>10} {:>12}  {:<24}  LAST-ERROR",
+        "NAME", "SOURCE", "STATE", "EXPIRES-IN", "LAST-REFRESH", "FROM"
+    );
+    for secret in secrets {
+        let expires = secret
+            .expires_in_secs
+            .map_or_else(|| "-".into(), format_age);
+        let refreshed = secret
+            .last_refresh_ago_secs
+            .map_or_else(|| "never".into(), |ago| format!("{} ago", format_age(ago)));
+        println!(
+            "{:<16} {:<23} {:<11} {:>10} {:>12}  {:<24}  {}",
+            secret.name,
+            secret.source,
+            secret.state,
+            expires,
+            refreshed,
+            secret.from,
+            secret.last_error.as_deref().unwrap_or("-")
+        );
     }
 }
 

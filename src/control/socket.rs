@@ -1,23 +1,27 @@
 //! The daemon's control socket: binds it (directory, mode, group, stale socket), accepts clients, learns
 //! who they are from the kernel (SO_PEERCRED, SO_PEERGROUPS — never from anything they send), reads one
-//! versioned request with its file descriptors, and hands it to the sandbox lifecycle. A client that
-//! sends garbage, stalls, or floods the socket costs a bounded amount and is dropped.
+//! versioned request with its file descriptors, and hands it to the sandbox lifecycle (exec, ls) or
+//! answers it here (secrets, for root only). A client that sends garbage, stalls, or floods the socket
+//! costs a bounded amount and is dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::oneshot;
 
-use crate::protocol::{self, FrameError, Reply, Request};
+use crate::config::{Current, SecretSource};
+use crate::protocol::{self, FrameError, Reply, Request, SecretInfo};
 use crate::sandbox::lifecycle::Sandboxes;
 use crate::sandbox::live::Caller;
+use crate::secrets::store::Status;
+use crate::secrets::Store;
 
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,7 +147,14 @@ pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, ControlErr
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, sandboxes: Arc<Sandboxes>) {
+/// Serves the control socket: `exec` and `ls` go to `sandboxes`; `secrets` reads the config in force
+/// (`current`) and the minted secrets' `store`.
+pub async fn serve(
+    listener: UnixListener,
+    sandboxes: Arc<Sandboxes>,
+    current: Arc<Current>,
+    store: Store,
+) {
     let pending = Arc::new(Pending::default());
     loop {
         let stream = match listener.accept().await {
@@ -157,6 +168,7 @@ pub async fn serve(listener: UnixListener, sandboxes: Arc<Sandboxes>) {
         };
         let sandboxes = sandboxes.clone();
         let pending = pending.clone();
+        let (current, store) = (current.clone(), store.clone());
         tokio::spawn(async move {
             let (id, evicted) = pending.enter();
             let request = tokio::select! {
@@ -194,9 +206,87 @@ pub async fn serve(listener: UnixListener, sandboxes: Arc<Sandboxes>) {
                     let reply = Reply::List { sandboxes: listed };
                     let _ = protocol::send(&mut { stream }, &reply).await;
                 }
+                // Which secrets exist, where they come from and which fail is for the operator only.
+                Request::Secrets if caller.uid != 0 => {
+                    reply_error(
+                        stream,
+                        &format!(
+                            "`sandbox secrets` is for root only (you are {}): it describes every secret the \
+                             daemon holds; run it with sudo",
+                            caller.user
+                        ),
+                    )
+                    .await;
+                }
+                Request::Secrets => {
+                    let reply = Reply::Secrets {
+                        secrets: secrets_status(&current, &store),
+                    };
+                    let _ = protocol::send(&mut { stream }, &reply).await;
+                }
             }
         });
     }
+}
+
+/// Every secret of the config in force, by name: the static ones as last read, the minted ones as the
+/// store has them.
+fn secrets_status(current: &Current, store: &Store) -> Vec<SecretInfo> {
+    let (config, secrets) = current.get();
+    let mut minted: HashMap<String, Status> = store
+        .status()
+        .into_iter()
+        .map(|status| (status.name.clone(), status))
+        .collect();
+    let now = SystemTime::now();
+    let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
+    let rfc3339 = |at: SystemTime| humantime::format_rfc3339_millis(at).to_string();
+    config
+        .secrets
+        .iter()
+        .map(|(name, def)| match (&def.source, minted.remove(name)) {
+            (SecretSource::Minted(_), Some(status)) => SecretInfo {
+                name: name.clone(),
+                source: status.source.as_str().into(),
+                from: status.endpoint_host,
+                state: status.state.as_str().into(),
+                expires_in_secs: status
+                    .expires_at
+                    .map(|at| at.duration_since(now).unwrap_or_default().as_secs()),
+                usable_for_secs: status.usable_for.map(|usable| usable.as_secs()),
+                last_refresh: status.last_refresh.map(rfc3339),
+                last_refresh_ago_secs: status.last_refresh.map(ago),
+                last_error: status.last_error,
+                last_error_at: status.last_error_at.map(rfc3339),
+                next_fetch_in_secs: status.next_fetch_in.map(|next| next.as_secs()),
+            },
+            (source, status) => {
+                let minted_but_missing =
+                    matches!(source, SecretSource::Minted(_)) && status.is_none();
+                let from = match source {
+                    SecretSource::Env(var) => var.clone(),
+                    SecretSource::File(path) => path.display().to_string(),
+                    SecretSource::Credential(credential) => credential.clone(),
+                    SecretSource::Minted(_) => String::new(),
+                };
+                SecretInfo {
+                    name: name.clone(),
+                    source: source.kind().into(),
+                    from,
+                    state: if minted_but_missing { "error" } else { "ok" }.into(),
+                    expires_in_secs: None,
+                    usable_for_secs: None,
+                    last_refresh: (!minted_but_missing).then(|| rfc3339(secrets.loaded_at())),
+                    last_refresh_ago_secs: (!minted_but_missing).then(|| ago(secrets.loaded_at())),
+                    last_error: minted_but_missing.then(|| {
+                        "the daemon has no definition of it (a reload is in progress?)".into()
+                    }),
+                    last_error_at: None,
+                    next_fetch_in_secs: None,
+                }
+            }
+        })
+        .collect()
 }
 
 async fn reply_error(mut stream: UnixStream, message: &str) {

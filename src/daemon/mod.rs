@@ -1,9 +1,11 @@
 //! The daemon's start, reload and stop, in that order: validate the config before touching anything; clear
 //! what a killed daemon left; bind the transparent listeners, then point nftables and policy routing at
-//! them; open the control socket last, so a client never reaches a half-built daemon. SIGHUP swaps the
-//! config for new sandboxes; SIGTERM ends the sandboxes (SIGTERM, then SIGKILL after a grace period) and
-//! removes every kernel object the daemon made.
+//! them; open the control socket last, so a client never reaches a half-built daemon. Minted secrets'
+//! first tokens are fetched in the background (`minted`): the daemon is ready without them. SIGHUP swaps
+//! the config for new sandboxes and gives the minted secrets their new definitions; SIGTERM ends the
+//! sandboxes (SIGTERM, then SIGKILL after a grace period) and removes every kernel object the daemon made.
 
+pub mod minted;
 pub mod systemd;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,24 +32,33 @@ use crate::redact::profiles::Redactions;
 use crate::sandbox::lifecycle::{SandboxNetwork, Sandboxes, GRACE};
 use crate::sandbox::live::Registry;
 use crate::sandbox::pool::AddressPool;
+use crate::secrets::Definition;
 
-/// A validated config with its secrets read, and the TLS roots for upstreams.
+use self::minted::Minted;
+
+/// A validated config with its secrets read, its minted secrets ready to mint from, and the TLS roots for
+/// upstreams (and token endpoints).
 pub struct Loaded {
     pub config: Config,
     pub secrets: Secrets,
+    pub minted: Vec<Definition>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
-/// Loads and validates the config, its secrets and its upstream CAs; the error text is what the
-/// operator sees.
+/// Loads and validates the config, its secrets (and the key material of minted secrets) and its upstream
+/// CAs; the error text is what the operator sees.
 pub fn load(path: &Path) -> Result<Loaded, String> {
     let config = Config::load(path).map_err(|error| error.to_string())?;
     let secrets = config.load_secrets().map_err(|error| error.to_string())?;
+    let minted = config
+        .minted_definitions(&secrets)
+        .map_err(|error| error.to_string())?;
     let upstream_tls = upstream::client_config(&config.daemon.upstream_ca)
         .map_err(|error| format!("{}: daemon.upstream_ca: {error}", config.path.display()))?;
     Ok(Loaded {
         config,
         secrets,
+        minted,
         upstream_tls,
     })
 }
@@ -164,11 +175,18 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     dns_addresses.extend(relay_slot.host_v6.filter(|_| ipv6).map(IpAddr::V6));
 
     let control = control::bind(&config.daemon.socket, config.daemon.socket_group.as_deref())?;
+
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let current = Arc::new(Current::new(config.clone(), Arc::new(loaded.secrets)));
     let registry = Arc::new(Registry::default());
     // Minted secrets tell it of each new value (`Redactions::value_changed`).
     let redactions = Arc::new(Redactions::default());
+    let minted = Minted::start(
+        loaded.upstream_tls.clone(),
+        audit.clone(),
+        redactions.clone(),
+        loaded.minted,
+    );
     let sandboxes = Arc::new(Sandboxes::new(
         current.clone(),
         registry.clone(),
@@ -185,13 +203,19 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
     let proxy = Arc::new(ProxyContext {
         sandboxes: registry,
         config: current.clone(),
+        minted: minted.store.clone(),
         audit,
         upstreams: Upstreams::new(loaded.upstream_tls),
         networks: networks(&config),
     });
     let workers = Arc::new(Workers::start().context("starting the connection workers")?);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(control::serve(control, sandboxes.clone()));
+    tasks.spawn(control::serve(
+        control,
+        sandboxes.clone(),
+        current.clone(),
+        minted.store.clone(),
+    ));
     for socket in listeners.tcp {
         tasks.spawn(tcp_relay::serve(socket, proxy.clone(), workers.clone()));
     }
@@ -223,7 +247,7 @@ async fn serve(loaded: Loaded, nofile_soft: u64) -> anyhow::Result<()> {
         config.daemon.socket.display()
     ));
 
-    serve_until_stopped(&current, &proxy.upstreams).await?;
+    serve_until_stopped(&current, &proxy.upstreams, &minted).await?;
     let _ = stop.send(true);
     wait_for_the_sandboxes(&sandboxes).await;
     // Before the kernel objects go: the guard would put them back.
@@ -274,13 +298,17 @@ async fn take_over_the_kernel(
 }
 
 /// Reloads the config on SIGHUP; returns on SIGTERM or SIGINT.
-async fn serve_until_stopped(current: &Current, upstreams: &Upstreams) -> anyhow::Result<()> {
+async fn serve_until_stopped(
+    current: &Current,
+    upstreams: &Upstreams,
+    minted: &Minted,
+) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(current, upstreams),
+            _ = hangup.recv() => reload(current, upstreams, minted),
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
         }
@@ -429,35 +457,48 @@ fn networks(config: &Config) -> Vec<IpNet> {
     networks
 }
 
-fn reload(current: &Current, upstreams: &Upstreams) {
+fn reload(current: &Current, upstreams: &Upstreams, minted: &Minted) {
     systemd::notify("RELOADING=1");
-    reload_config(current, upstreams);
+    reload_config(current, upstreams, minted);
     systemd::notify("READY=1");
 }
 
-fn reload_config(current: &Current, upstreams: &Upstreams) {
+fn reload_config(current: &Current, upstreams: &Upstreams, minted: &Minted) {
     let running_config = current.config();
-    match load(&running_config.path) {
-        Ok(mut new) => {
-            let (running, fresh) = (&running_config.daemon, &mut new.config.daemon);
-            if running.socket != fresh.socket
-                || running.socket_group != fresh.socket_group
-                || running.subnet != fresh.subnet
-                || running.subnet6 != fresh.subnet6
-                || running.audit_log != fresh.audit_log
-            {
-                tracing::warn!(
-                    "daemon.socket, socket_group, subnet, subnet6 and audit_log take effect only after a restart"
-                );
-            }
-            // The running values stay in the config: sandboxes must not see the socket and the audit log
-            // that are live, whatever the file now says.
-            fresh.socket = running.socket.clone();
-            fresh.socket_group = running.socket_group.clone();
-            fresh.subnet = running.subnet;
-            fresh.subnet6 = running.subnet6;
-            fresh.audit_log = running.audit_log.clone();
-            upstreams.set_config(new.upstream_tls);
+    let running = &running_config.daemon;
+    let loaded = load(&running_config.path).and_then(|mut new| {
+        let fresh = &mut new.config.daemon;
+        if running.socket != fresh.socket
+            || running.socket_group != fresh.socket_group
+            || running.subnet != fresh.subnet
+            || running.subnet6 != fresh.subnet6
+            || running.audit_log != fresh.audit_log
+            || running.state_dir != fresh.state_dir
+        {
+            tracing::warn!(
+                "daemon.socket, socket_group, subnet, subnet6, audit_log and state_dir take effect only after a restart"
+            );
+        }
+        // The running values stay in the config: sandboxes must not see the socket and the audit log
+        // that are live, whatever the file now says, and a rotated refresh token stays where it was saved.
+        fresh.socket = running.socket.clone();
+        fresh.socket_group = running.socket_group.clone();
+        fresh.subnet = running.subnet;
+        fresh.subnet6 = running.subnet6;
+        fresh.audit_log = running.audit_log.clone();
+        if fresh.state_dir != running.state_dir {
+            fresh.state_dir = running.state_dir.clone();
+            new.minted = new
+                .config
+                .minted_definitions(&new.secrets)
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(new)
+    });
+    match loaded {
+        Ok(new) => {
+            upstreams.set_config(new.upstream_tls.clone());
+            minted.reload(new.upstream_tls, new.minted);
             current.set(Arc::new(new.config), Arc::new(new.secrets));
             tracing::info!(config = %running_config.path.display(), "config reloaded; new sandboxes use it");
             systemd::notify("STATUS=config reloaded");

@@ -6,7 +6,9 @@
 //! after the injected handshake. An integration with `aws_sigv4` gets each request signed instead, its body
 //! held whole (up to `MAX_SIGNED_BODY`) where the client did not send its hash. Responses are masked on
 //! their way back (`redact`): their head, body and trailers, and a tunnel's server-to-client bytes; one in
-//! a content coding is refused (502). Every request gets an audit record when its response ends.
+//! a content coding is refused (502). Every request gets an audit record when its response ends. A request
+//! whose integration names minted secrets carries their current tokens (the `policy` decides: 503 when one
+//! has none valid), and an upstream's 401 to it has the store fetch a new one.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -31,13 +33,14 @@ use crate::audit::{Audit, Kind, Record, Verdict};
 use crate::config::{AwsSigV4, Integration};
 use crate::proxy::context::ProxyContext;
 use crate::proxy::http2;
-use crate::proxy::policy::{self, sigv4, MAX_HEADER_BYTES};
+use crate::proxy::policy::{self, sigv4, Values, MAX_HEADER_BYTES};
 use crate::proxy::upstream::{BoxError, Lease, Protocols, ProxyBody, RelayUpstream, UpstreamBody};
 use crate::proxy::workers::{self, BulkSlot, InFlight, MovableStream};
 use crate::redact::messages::{self, Redacted};
 use crate::redact::tunnel::{TunnelMasker, Unscannable};
 use crate::redact::{Masker, Needles};
 use crate::sandbox::live::Sandbox;
+use crate::secrets::SecretValue;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Also how long an idle HTTP/1.1 connection may wait for its next request.
@@ -173,13 +176,13 @@ fn relay_scope(
     integration: &Integration,
 ) -> http2::Scope {
     let record = connection_record(sandbox, destination, &sni, integration);
-    let injected = http2::Injected::for_integration(integration, &sandbox.secrets);
+    let injection = http2::Injection::new(integration, sandbox.secrets.clone(), &context.minted);
     let redaction = integration.redact.then(|| sandbox.redaction.clone());
     let sandbox = sandbox.clone();
     http2::Scope {
         sni,
         port: destination.port(),
-        injected,
+        injection,
         redaction,
         record,
         log: context.audit.polled(),
@@ -244,6 +247,11 @@ pub async fn serve(
     // the client sent its hash, its whole body.
     let mut unreachable = None;
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") && integration.aws_sigv4.is_none() {
+        // The relay cannot wait for a token: a first one being fetched is waited for here, once (a
+        // secret still without one then gets each request answered 503).
+        if !integration.minted.is_empty() {
+            let _ = policy::tokens(&integration, &context.minted).await;
+        }
         match context.upstreams.dial_relay(destination, &sni).await {
             Ok(RelayUpstream::Http2(upstream)) => {
                 let scope = relay_scope(&context, &sandbox, destination, sni, &integration);
@@ -577,8 +585,25 @@ impl Intercept {
         if wants_close(client_version, request.headers()) {
             self.closing.store(true, Ordering::Relaxed);
         }
+        // The current tokens of the integration's minted secrets: read at once, waited for only while a
+        // first one is being fetched; with none valid, the daemon answers and nothing goes upstream.
+        let tokens = if self.integration.minted.is_empty() {
+            Vec::new()
+        } else {
+            match policy::tokens(&self.integration, &self.context.minted).await {
+                Ok(tokens) => tokens,
+                Err(why) => {
+                    let refusal = policy::unavailable(&why);
+                    let status = StatusCode::from_u16(refusal.status)
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    return self
+                        .answer(exchange, status, Verdict::Error, refusal.message)
+                        .await;
+                }
+            }
+        };
         let upstream_request = match self
-            .upstream_request(request, upgrade_requested, &mut exchange)
+            .upstream_request(request, upgrade_requested, &mut exchange, &tokens)
             .await
         {
             Ok(request) => request,
@@ -614,6 +639,9 @@ impl Intercept {
         exchange.record.retries = outcome.retries;
         match outcome.result {
             Ok((response, lease)) => {
+                if response.status() == StatusCode::UNAUTHORIZED && !tokens.is_empty() {
+                    policy::rejected(&self.integration, &self.context.minted, &tokens);
+                }
                 let head_request = exchange.record.method.as_deref() == Some("HEAD");
                 let refused = exchange
                     .needles
@@ -645,15 +673,19 @@ impl Intercept {
         request: Request<Incoming>,
         upgrade_requested: bool,
         exchange: &mut Exchange,
+        tokens: &[Arc<SecretValue>],
     ) -> Result<Request<ProxyBody>, (StatusCode, Verdict, String)> {
         let (mut parts, body) = request.into_parts();
         if parts.version < Version::HTTP_2 {
             strip_hop_by_hop(&mut parts.headers, upgrade_requested);
         }
         parts.headers.remove(header::HOST);
-        if let Err(reason) =
-            policy::inject(&mut parts.headers, &self.integration, &self.sandbox.secrets)
-        {
+        let values = Values {
+            integration: &self.integration,
+            secrets: &self.sandbox.secrets,
+            tokens,
+        };
+        if let Err(reason) = policy::inject(&mut parts.headers, &self.integration, &values) {
             let message = format!("sandbox: {reason}; see the daemon's log");
             return Err((StatusCode::INTERNAL_SERVER_ERROR, Verdict::Error, message));
         }

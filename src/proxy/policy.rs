@@ -4,13 +4,24 @@
 //! server name, 405 for methods that could reflect it, 400 for h2c or no host, 431 for heads over the
 //! limits), and which headers it gets (the integration's, with the secrets in them, or its AWS signature:
 //! `AwsSigner`). And: may a request go again when its connection failed (idempotent methods).
+//!
+//! Minted secrets (DESIGN step 5b): a request takes the current token of each minted secret its
+//! integration names from the store, which never waits; only when a secret has no valid token and its
+//! first fetch is running does it wait for that fetch (`tokens`, bounded), and with no valid token at
+//! all the daemon answers 503 itself. The tokens a request carried are kept with it, so that an
+//! upstream's 401 tells the store which token was refused (`rejected`).
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{basic_credentials, AwsSigV4, Integration, MissingSecret, Secrets};
+use crate::config::{
+    basic_credentials, AwsSigV4, Integration, MissingSecret, SecretValues, Secrets,
+};
+use crate::secrets::store::WAIT_FOR_TOKEN;
+use crate::secrets::{SecretValue, Store, Unavailable};
 
 /// AWS Signature Version 4: for an AWS integration, the signature is what is injected.
 pub mod sigv4;
@@ -111,16 +122,84 @@ pub fn host_matches(host: &str, sni: &str, port: u16) -> bool {
         && host_port.is_none_or(|p| p == port || (p == 443 && port == 443))
 }
 
+/// What a request's templates are rendered with: its sandbox's static secrets, and the tokens of the
+/// minted secrets its integration names (in the order of `Integration::minted`).
+pub struct Values<'a> {
+    pub integration: &'a Integration,
+    pub secrets: &'a Secrets,
+    pub tokens: &'a [Arc<SecretValue>],
+}
+
+impl SecretValues for Values<'_> {
+    fn value(&self, name: &str) -> Option<&str> {
+        match self
+            .integration
+            .minted
+            .iter()
+            .position(|minted| minted == name)
+        {
+            Some(index) => self.tokens.get(index).map(|token| token.expose()),
+            None => self.secrets.value(name),
+        }
+    }
+}
+
+/// The current token of each minted secret `integration` names, in its order; never waits.
+pub fn current_tokens(
+    integration: &Integration,
+    store: &Store,
+) -> Result<Vec<Arc<SecretValue>>, Unavailable> {
+    integration
+        .minted
+        .iter()
+        .map(|name| store.value(name))
+        .collect()
+}
+
+/// As `current_tokens`, but a secret with no valid token whose fetch is running (the first one, after
+/// the daemon started or a reload added it) is waited for, up to `WAIT_FOR_TOKEN`.
+pub async fn tokens(
+    integration: &Integration,
+    store: &Store,
+) -> Result<Vec<Arc<SecretValue>>, Unavailable> {
+    let mut tokens = Vec::with_capacity(integration.minted.len());
+    for name in &integration.minted {
+        let token = match store.value(name) {
+            Ok(token) => token,
+            Err(_) => store.wait_value(name, WAIT_FOR_TOKEN).await?,
+        };
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+/// The daemon's answer to a request whose minted secret has no valid token: nothing goes upstream.
+pub fn unavailable(why: &Unavailable) -> Refusal {
+    Refusal {
+        status: 503,
+        message: format!("sandbox: {why}"),
+    }
+}
+
+/// An upstream answered 401 to a request that carried `tokens` (of `integration`'s minted secrets):
+/// the store fetches a new token at once, once, unless the refused one was replaced already.
+pub fn rejected(integration: &Integration, store: &Store, tokens: &[Arc<SecretValue>]) {
+    for (name, token) in integration.minted.iter().zip(tokens) {
+        let outcome = store.refresh_now(name, token);
+        tracing::debug!(secret = %name, ?outcome, "the upstream refused a minted token (401)");
+    }
+}
+
 /// Sets the integration's headers, replacing any of the same name the client sent; else says why they
 /// cannot be made.
 pub fn inject(
     headers: &mut HeaderMap,
     integration: &Integration,
-    secrets: &Secrets,
+    values: &impl SecretValues,
 ) -> Result<(), String> {
     let not_loaded = |missing: MissingSecret| format!("secret {:?} is not loaded", missing.0);
     for (name, template) in &integration.headers {
-        let value = template.render(secrets).map_err(not_loaded)?;
+        let value = template.render(values).map_err(not_loaded)?;
         let unusable = || {
             format!(
                 "header {name:?} of integration {:?} is not a valid HTTP header",
@@ -134,8 +213,8 @@ pub fn inject(
         headers.insert(name, value);
     }
     if let Some(basic) = &integration.basic_auth {
-        let user = basic.username.render(secrets).map_err(not_loaded)?;
-        let password = basic.password.render(secrets).map_err(not_loaded)?;
+        let user = basic.username.render(values).map_err(not_loaded)?;
+        let password = basic.password.render(values).map_err(not_loaded)?;
         let mut value = HeaderValue::from_str(&basic_credentials(&user, &password))
             .map_err(|_| "basic_auth does not encode to a header".to_string())?;
         value.set_sensitive(true);

@@ -741,6 +741,8 @@ fn hidden_paths(config: &Config) -> Vec<PathBuf> {
         config.daemon.socket.clone(),
         config.path.clone(),
         config.daemon.audit_log.clone(),
+        // Rotated refresh tokens (0700, files 0600: hidden even from a root caller without capabilities).
+        config.daemon.state_dir.clone(),
     ];
     for secret in config.secrets.values() {
         if let SecretSource::File(path) = &secret.source {
@@ -755,6 +757,7 @@ fn hidden_paths(config: &Config) -> Vec<PathBuf> {
         "CREDENTIALS_DIRECTORY",
         "CONFIGURATION_DIRECTORY",
         "LOGS_DIRECTORY",
+        "STATE_DIRECTORY",
     ] {
         if let Some(dirs) = std::env::var_os(var) {
             paths.extend(std::env::split_paths(&dirs));

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::clients::{caller_command, test_user, Caller, Exec, TEST_USER};
 use super::leaks::process_tree;
 use super::net::TestNet;
-use super::tools::{bin, tool, wait_for, TempDir, SETTLE};
+use super::tools::{bin, read_json_lines, tool, wait_for, TempDir, SETTLE};
 
 /// A comment in the daemon's config, to detect that a sandbox could read it.
 pub const CONFIG_MARKER: &str = "sbx-e2e-config-marker";
@@ -326,14 +326,7 @@ users = ["root"]
 
     /// The audit log's JSON lines (panics on a line that is not JSON).
     pub fn audit_lines(&self) -> Vec<Value> {
-        let text = fs::read_to_string(&self.audit_log).unwrap_or_default();
-        // A line the daemon is writing now is not complete yet.
-        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-        complete
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line {l:?}: {e}")))
-            .collect()
+        read_json_lines(&self.audit_log)
     }
 
     /// Namespaces the daemon holds open (by descriptor) while no sandbox runs: those of an ended sandbox

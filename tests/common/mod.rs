@@ -1,7 +1,7 @@
 //! Harness for the privileged end-to-end tests: throwaway network namespaces with test upstreams, the
 //! daemon started inside them, clients run as the unprivileged test user, and the leak checks.
 //! Everything a test creates is removed by a guard's `Drop`, also on panic. `use common::*;` brings the
-//! first seven parts below; the last four are named (`use common::tls_upstream::*;`) where needed:
+//! first seven parts below; the last five are named (`use common::tls_upstream::*;`) where needed:
 //!
 //!   tools                whether a test may run (root, tools, CI), running tools, polling, temp dirs
 //!   net                  the namespaces H and U and the veth between them (`TestNet`), `in_netns`
@@ -16,6 +16,7 @@
 //!   aws                  AWS's test servers (S3, a Bedrock-style API: tests/servers/aws.py) and the
 //!                        integration that signs for them
 //!   side_doors           host Unix services recording who reached them, a 32-bit program, nft content
+//!   tokens               the token endpoints of minted secrets (tests/servers/tokens.py) in U
 
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
@@ -30,6 +31,7 @@ mod resolver;
 mod servers;
 pub mod side_doors;
 pub mod tls_upstream;
+pub mod tokens;
 mod tools;
 pub mod upstream_processes;
 

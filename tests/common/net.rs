@@ -154,6 +154,23 @@ impl TestNet {
         }
     }
 
+    /// Gives U's `eth0` the further addresses `.N` and `::N` (in its /24 and /64), for another server.
+    pub fn add_u_address(&self, n: u8) -> (Ipv4Addr, Ipv6Addr) {
+        let [a, b, c, _] = self.u4.octets();
+        let v4 = Ipv4Addr::new(a, b, c, n);
+        let s = self.u6.segments();
+        let v6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, u16::from(n));
+        ip(
+            &self.u,
+            &["addr", "add", &format!("{v4}/32"), "dev", "eth0"],
+        );
+        ip(
+            &self.u,
+            &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
+        );
+        (v4, v6)
+    }
+
     /// Sends one UDP datagram from H to `to` and waits up to 2 s for the echo.
     pub fn udp_roundtrip_from_h(&self, to: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
         let local: SocketAddr = if to.is_ipv4() {

@@ -14,7 +14,8 @@
 //! Paths: `/echo` (JSON of method, target, version, host, headers; `?quiet` gives header names only),
 //! `/upload` (the body's length), `/sse` (`data: first`, then `data: second` once the test calls
 //! [`TlsUpstream::release_sse`]), `/big?mib=N` (N MiB), `/ws` (WebSocket echo after an HTTP/1.1
-//! upgrade) and `/repo.git/...` (a git repository for dumb HTTP, see [`TlsUpstream::serve_git_repo`]).
+//! upgrade), `/unauthorized` (401) and `/repo.git/...` (a git repository for dumb HTTP, see
+//! [`TlsUpstream::serve_git_repo`]).
 //! Paths that give back what the daemon injected (redaction tests), `h=NAME` naming the request header:
 //! `/split?h=NAME&at=N` (its value in an `x-echo` header, and in a body `[`, value, `]` sent as two
 //! chunks or DATA frames cut at its N-th byte, 10 ms apart; `&len`: with a Content-Length),
@@ -413,33 +414,12 @@ integrations = ["api"]
     /// Makes `/repo.git/` a bare repository with one commit (README = [`GIT_MARKER`]) prepared for
     /// git's dumb HTTP protocol.
     pub fn serve_git_repo(&self) {
-        let work = self.dir.join("git-work");
         let bare = self.www.join("repo.git");
-        let git = |args: &[&str]| {
-            let out = Command::new(tool("git"))
-                .args(args)
-                .env_clear()
-                .env("PATH", STD_PATH)
-                .env("HOME", self.dir.path())
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("GIT_AUTHOR_NAME", "sbx")
-                .env("GIT_AUTHOR_EMAIL", "sbx@e2e.test")
-                .env("GIT_COMMITTER_NAME", "sbx")
-                .env("GIT_COMMITTER_EMAIL", "sbx@e2e.test")
-                .stdin(Stdio::null())
-                .output()
-                .expect("run git");
-            assert!(out.status.success(), "git {args:?}: {}", describe(&out));
-        };
-        let work_s = work.display().to_string();
-        let bare_s = bare.display().to_string();
-        git(&["init", "-q", "-b", "main", &work_s]);
-        fs::write(work.join("README"), format!("{GIT_MARKER}\n")).unwrap();
-        git(&["-C", &work_s, "add", "README"]);
-        git(&["-C", &work_s, "commit", "-q", "-m", "first"]);
-        git(&["clone", "-q", "--bare", &work_s, &bare_s]);
-        git(&["-C", &bare_s, "update-server-info"]);
+        make_git_repository(&bare, &self.dir.join("git-work"));
+        git_in(
+            self.dir.path(),
+            &["-C", &bare.display().to_string(), "update-server-info"],
+        );
     }
 }
 
@@ -449,6 +429,38 @@ impl Drop for TlsUpstream {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
     }
+}
+
+/// Runs git with no system or user configuration, as a test author and committer; `HOME` is `home`.
+fn git_in(home: &Path, args: &[&str]) {
+    let out = Command::new(tool("git"))
+        .args(args)
+        .env_clear()
+        .env("PATH", STD_PATH)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "sbx")
+        .env("GIT_AUTHOR_EMAIL", "sbx@e2e.test")
+        .env("GIT_COMMITTER_NAME", "sbx")
+        .env("GIT_COMMITTER_EMAIL", "sbx@e2e.test")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+}
+
+/// Makes `bare` a bare repository with one commit (README = [`GIT_MARKER`]), through the work tree
+/// `work` (whose parent is git's `HOME`).
+pub(super) fn make_git_repository(bare: &Path, work: &Path) {
+    let (work_s, bare_s) = (work.display().to_string(), bare.display().to_string());
+    let git = |args: &[&str]| git_in(work.parent().expect("work is not /"), args);
+    fs::create_dir_all(bare.parent().expect("bare is not /")).unwrap();
+    git(&["init", "-q", "-b", "main", &work_s]);
+    fs::write(work.join("README"), format!("{GIT_MARKER}\n")).unwrap();
+    git(&["-C", &work_s, "add", "README"]);
+    git(&["-C", &work_s, "commit", "-q", "-m", "first"]);
+    git(&["clone", "-q", "--bare", &work_s, &bare_s]);
 }
 
 fn server_config(
@@ -730,6 +742,8 @@ async fn handle(
                 .unwrap_or(20);
             big(mib)
         }
+        // As an API refusing the credentials it was given.
+        "/unauthorized" => text(StatusCode::UNAUTHORIZED, "bad credentials\n".into()),
         path if path.starts_with("/repo.git/") => file(&state.www, path),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };

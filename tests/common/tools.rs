@@ -232,6 +232,21 @@ pub fn assert_code(o: &Output, want: i32) {
     assert_eq!(code(o), want, "unexpected exit code: {}", describe(o));
 }
 
+/// The JSON lines of a log another process is writing (the daemon's audit log, a test server's log);
+/// a last line not yet complete is left out. An absent file has none.
+pub fn read_json_lines(path: &Path) -> Vec<Value> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{}: {line:?}: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// Polls `f` until it returns Some or `limit` passes.
 pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;

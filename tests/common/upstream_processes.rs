@@ -19,7 +19,7 @@ use super::certs::{ca_dir, TestCa};
 use super::clients::RUN_TAG_VAR;
 use super::daemon::DaemonBuilder;
 use super::net::{in_netns, TestNet};
-use super::tools::{ip, tool, unique_suffix, wait_for, TempDir, STD_PATH};
+use super::tools::{tool, unique_suffix, wait_for, TempDir, STD_PATH};
 
 /// The names these upstreams serve end in this.
 pub const CHURN_DOMAIN: &str = "churn.test";
@@ -78,15 +78,7 @@ headers = {{ Authorization = "Bearer ${{secret:churn}}" }}
 
 /// Gives U the addresses `.N` and `::N` and the resolver `names` for them.
 pub(super) fn add_host(net: &TestNet, n: u8, names: &[&str]) -> (Ipv4Addr, Ipv6Addr) {
-    let [a, b, c, _] = net.u4.octets();
-    let v4 = Ipv4Addr::new(a, b, c, n);
-    let s = net.u6.segments();
-    let v6 = Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, u16::from(n));
-    ip(&net.u, &["addr", "add", &format!("{v4}/32"), "dev", "eth0"]);
-    ip(
-        &net.u,
-        &["addr", "add", &format!("{v6}/128"), "dev", "eth0", "nodad"],
-    );
+    let (v4, v6) = net.add_u_address(n);
     for name in names {
         net.add_dns_name(name, v4, v6);
     }
@@ -155,7 +147,7 @@ impl Drop for ServerProcess {
 }
 
 /// Waits until `addr` in U accepts TCP connections.
-fn wait_listening(net: &TestNet, addr: SocketAddr) {
+pub(super) fn wait_listening(net: &TestNet, addr: SocketAddr) {
     let listening = wait_for(Duration::from_secs(10), || {
         in_netns(&net.u, move || {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()

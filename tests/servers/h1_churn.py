@@ -16,26 +16,12 @@ import ssl
 import sys
 from urllib.parse import parse_qs, urlsplit
 
+from http1 import read_request
+
 ADDRESSES, CERT, KEY, LOG = sys.argv[1:5]
 
 log = open(LOG, "a", buffering=1)
 connections = 0
-
-
-async def read_body(reader, headers):
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        length = 0
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass
-                return length
-            await reader.readexactly(size + 2)
-            length += size
-    length = int(headers.get("content-length", "0"))
-    await reader.readexactly(length)
-    return length
 
 
 async def serve(reader, writer):
@@ -44,19 +30,11 @@ async def serve(reader, writer):
     number, n = connections, 0
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, value = line.split(":", 1)
-                    headers[name.strip().lower()] = value.strip()
-            body = await read_body(reader, headers)
+            method, target, _, body = await read_request(reader)
             n += 1
             url = urlsplit(target)
             rid = parse_qs(url.query).get("id", [""])[0]
-            entry = dict(conn=number, n=n, method=method, path=url.path, id=rid, body=body)
+            entry = dict(conn=number, n=n, method=method, path=url.path, id=rid, body=len(body))
             if n > 1:
                 log.write(json.dumps(dict(answered=False, **entry)) + "\n")
                 break

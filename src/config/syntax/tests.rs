@@ -17,7 +17,7 @@ fn toml_syntax_error() {
 fn unknown_keys_name_their_table() {
     assert_eq!(
         error("[daemon]\n\nsokcet = \"/x\"\n"),
-        "t.toml:3:1: unknown key \"sokcet\" in [daemon]; expected one of: socket, socket_group, subnet, subnet6, audit_log, dns, upstream_ca"
+        "t.toml:3:1: unknown key \"sokcet\" in [daemon]; expected one of: socket, socket_group, subnet, subnet6, audit_log, dns, upstream_ca, state_dir"
     );
     assert_eq!(
         error("[deamon]\n"),
@@ -39,7 +39,7 @@ fn unknown_keys_name_their_table() {
     );
     assert_eq!(
         error("[secrets]\na = { enf = \"X\" }\n"),
-        "t.toml:2:5: unknown key \"enf\" in a [secrets] entry; expected one of: env, file, credential"
+        "t.toml:2:5: unknown key \"enf\" in a [secrets] entry; expected one of: env, file, credential, github_app, oauth2, google_service_account"
     );
 }
 
@@ -70,6 +70,6 @@ fn location_counts_characters_and_handles_crlf() {
     assert_eq!(src.location(8), Location { line: 2, col: 4 });
     assert_eq!(
         error("[daemon]\r\n\"ü\" = 1 \r\n"),
-        "t.toml:2:1: unknown key \"ü\" in [daemon]; expected one of: socket, socket_group, subnet, subnet6, audit_log, dns, upstream_ca"
+        "t.toml:2:1: unknown key \"ü\" in [daemon]; expected one of: socket, socket_group, subnet, subnet6, audit_log, dns, upstream_ca, state_dir"
     );
 }

@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::time::Instant as Clock;
@@ -25,7 +26,7 @@ use super::frame::{
 use super::hpack;
 use super::request_head::RequestHead;
 use super::response_head::{self, Rewrite};
-use super::scope::Scope;
+use super::scope::{Injected, Scope};
 use crate::audit::{Record, Verdict};
 use crate::proxy::policy::{self, is_idempotent, MAX_HEADER_BYTES};
 use crate::proxy::workers::InFlight;
@@ -87,6 +88,8 @@ struct Exchange {
     status: Option<u16>,
     bytes_up: u64,
     bytes_down: u64,
+    /// The headers it was sent with, when they hold minted tokens.
+    minted: Option<Arc<Injected>>,
     /// Masks the response's DATA, and holds the needles its header blocks are masked with; `None` when
     /// nothing is masked.
     masker: Option<Masker>,
@@ -437,11 +440,7 @@ impl Core {
             }
             exchange.request_open = false;
             self.scratch.clear();
-            let injected_names = match &self.scope.injected {
-                Ok(injected) => injected.names.as_slice(),
-                Err(_) => &[],
-            };
-            request.encode_fields(injected_names, &mut self.scratch);
+            request.encode_fields(self.scope.injection.names(), &mut self.scratch);
             write_header_block(
                 &mut self.to_upstream.buf,
                 stream,
@@ -510,13 +509,14 @@ impl Core {
                 Verdict::Denied,
             );
         }
-        let injected = match &self.scope.injected {
+        let injected = match self.scope.injection.for_request() {
             Ok(injected) => injected,
-            Err(reason) => {
-                let message = format!("sandbox: {reason}; see the daemon's log");
-                return self.answer(stream, !end_stream, record, 500, message, Verdict::Error);
+            Err((status, message)) => {
+                return self.answer(stream, !end_stream, record, status, message, Verdict::Error);
             }
         };
+        // Kept with the request only when it carries minted tokens: an upstream's 401 names them.
+        let minted = (!injected.tokens.is_empty()).then(|| injected.clone());
         self.scratch.clear();
         request.encode_for_upstream(
             self.authority.as_bytes(),
@@ -549,6 +549,7 @@ impl Core {
                 status: None,
                 bytes_up: 0,
                 bytes_down: 0,
+                minted,
                 masker,
                 masked_in_heads: 0,
                 head_request: request.method() == b"HEAD",
@@ -853,6 +854,9 @@ impl Core {
         let well_formed = match read.status {
             Some(code) if exchange.status.is_none() && code >= 200 => {
                 exchange.status = Some(code);
+                if let (401, Some(injected)) = (code, &exchange.minted) {
+                    self.scope.injection.rejected(injected);
+                }
                 true
             }
             Some(code) if exchange.status.is_none() && (100..200).contains(&code) => true,

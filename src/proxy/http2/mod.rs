@@ -64,7 +64,7 @@ use std::future::poll_fn;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use self::scope::{Injected, Scope};
+pub use self::scope::{Injected, Injection, Scope};
 pub use self::upstream::{handshake, Upstream};
 
 /// Relays `client` (whose TLS chose h2) over `upstream` until either ends.

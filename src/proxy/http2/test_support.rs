@@ -16,8 +16,8 @@ use super::frame::{
     PREFACE,
 };
 use super::machine::TABLE_SIZE;
-use super::{handshake, hpack, relay, Injected, Scope};
-use crate::audit::{Kind, PolledLog, Record, Verdict};
+use super::{handshake, hpack, relay, Injected, Injection, Scope};
+use crate::audit::{Entry, Kind, PolledLog, Record, Verdict};
 use crate::config::{Config, Secrets};
 use crate::redact::profiles::{ProfileRedaction, Redactions};
 
@@ -67,14 +67,16 @@ pub(super) fn scope_masking(
     let records = records.clone();
     let (queue, mut logged) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        while let Some(record) = logged.recv().await {
-            records.lock().unwrap().push(record);
+        while let Some(entry) = logged.recv().await {
+            if let Entry::Record(record) = entry {
+                records.lock().unwrap().push(record);
+            }
         }
     });
     Scope {
         sni: SNI.into(),
         port: 443,
-        injected,
+        injection: Injection::fixed(injected),
         redaction,
         record: Record {
             time: std::time::SystemTime::UNIX_EPOCH,
@@ -108,6 +110,7 @@ pub(super) fn authorization() -> Result<Injected, String> {
     Ok(Injected {
         names: vec!["authorization".into()],
         block,
+        tokens: Vec::new(),
     })
 }
 
