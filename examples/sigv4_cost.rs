@@ -16,7 +16,7 @@ use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::time::TimeValLike;
 use sandbox::config::Config;
 use sandbox::proxy::policy::sigv4::PayloadHash;
-use sandbox::proxy::policy::AwsSigner;
+use sandbox::proxy::policy::{AwsSigner, Values};
 
 const HOST: &str = "bedrock-runtime.us-east-1.amazonaws.com";
 const TARGET: &[u8] = b"/model/anthropic.claude-3-haiku-20240307-v1%3A0/invoke";
@@ -97,9 +97,14 @@ integrations = ["aws"]
         .aws_sigv4
         .as_ref()
         .expect("the integration signs");
+    let values = Values {
+        integration: &config.integrations[0],
+        secrets: &secrets,
+        tokens: &[],
+    };
     let client = client_headers();
     let sign_one = |headers: &mut HeaderMap| -> anyhow::Result<()> {
-        let signer = AwsSigner::new(aws, &secrets, TARGET, headers, HOST)
+        let signer = AwsSigner::new(aws, &values, TARGET, headers, HOST)
             .map_err(|refusal| anyhow::anyhow!(refusal.message))?;
         let payload = match signer.payload() {
             Some(payload) => payload.clone(),

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::hosts::HostPattern;
-use super::secrets::{SecretDef, SecretSource};
+use super::secrets::SecretDef;
 use super::syntax::{check_name, ConfigError, Source};
 
 /// The domains AWS's endpoints are under (`api.aws`: the dual-stack endpoints).
@@ -135,21 +135,8 @@ fn check_secret_name(
     name: &str,
     secrets: &BTreeMap<String, SecretDef>,
 ) -> Result<(), String> {
-    if check_name("secret", name).is_ok() {
-        match secrets.get(name) {
-            // The signer reads the sandbox's static values; a minted token is no AWS secret key.
-            Some(SecretDef {
-                source: SecretSource::Minted(_),
-                ..
-            }) => {
-                return Err(format!(
-                    "{field} names secret \"{name}\", a minted secret; it must name a static one (env, \
-                     file or credential)"
-                ))
-            }
-            Some(_) => return Ok(()),
-            None => {}
-        }
+    if check_name("secret", name).is_ok() && secrets.contains_key(name) {
+        return Ok(());
     }
     Err(format!(
         "{field} must name a secret of [secrets], as in {field} = \"aws_secret\"; no secret has this \

@@ -48,8 +48,8 @@ pub struct Integration {
     pub aws_sigv4: Option<AwsSigV4>,
     /// Whether its hosts' responses are scanned for secrets and masked (`redact`, default true).
     pub redact: bool,
-    /// The minted secrets its templates name, each once: empty for an integration of static secrets,
-    /// whose requests then cost what they always did.
+    /// The minted secrets its templates and its `aws_sigv4` name, each once: empty for an integration of
+    /// static secrets, whose requests then cost what they always did.
     pub minted: Vec<String>,
 }
 
@@ -180,7 +180,14 @@ impl RawIntegration {
             minted: Vec::new(),
         };
         let mut minted: Vec<String> = Vec::new();
-        for name in integration.templates().flat_map(Template::secret_names) {
+        let signing = integration.aws_sigv4.iter().flat_map(|aws| {
+            std::iter::once(aws.secret_access_key.as_str()).chain(aws.session_token.as_deref())
+        });
+        for name in integration
+            .templates()
+            .flat_map(Template::secret_names)
+            .chain(signing)
+        {
             let is_minted = secrets
                 .get(name)
                 .is_some_and(|def| matches!(def.source, SecretSource::Minted(_)));

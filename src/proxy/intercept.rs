@@ -719,7 +719,7 @@ impl Intercept {
             })?;
         let body = Metered::new(body, exchange.sent.clone(), None);
         let body = match &self.integration.aws_sigv4 {
-            Some(aws) => self.sign(aws, &mut parts, body, exchange).await?,
+            Some(aws) => self.sign(aws, &values, &mut parts, body, exchange).await?,
             None => body.boxed(),
         };
         Ok(Request::from_parts(parts, body))
@@ -732,6 +732,7 @@ impl Intercept {
     async fn sign(
         &self,
         aws: &AwsSigV4,
+        values: &Values<'_>,
         parts: &mut http::request::Parts,
         body: Metered<Incoming>,
         exchange: &mut Exchange,
@@ -748,14 +749,9 @@ impl Intercept {
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = parts.uri.authority().map_or("", |a| a.as_str());
-        let signer = policy::AwsSigner::new(
-            aws,
-            &self.sandbox.secrets,
-            target.as_bytes(),
-            &parts.headers,
-            authority,
-        )
-        .map_err(refused)?;
+        let signer =
+            policy::AwsSigner::new(aws, values, target.as_bytes(), &parts.headers, authority)
+                .map_err(refused)?;
         let (payload, body) = match signer.payload() {
             Some(payload) => (payload.clone(), body.boxed()),
             None => self.hold_body(body, &parts.headers, exchange).await?,

@@ -248,7 +248,7 @@ impl<'s> AwsSigner<'s> {
     /// that cannot be told.
     pub fn new(
         aws: &'s AwsSigV4,
-        secrets: &'s Secrets,
+        values: &'s Values<'s>,
         target: &[u8],
         headers: &HeaderMap,
         authority: &str,
@@ -258,17 +258,13 @@ impl<'s> AwsSigner<'s> {
             .get(sigv4::X_AMZ_CONTENT_SHA256)
             .map(|value| sigv4::PayloadHash::from_header(value.as_bytes()))
             .transpose()?;
-        // The same lookup as a template's, so that a secret's current value signs.
+        // The same lookup as a template's, so that a secret's current value (a minted one's current
+        // token) signs.
         let secret = |name: &str| {
-            secrets
-                .get(name)
-                .map(|value| value.expose())
-                .ok_or_else(|| Refusal {
-                    status: 500,
-                    message: format!(
-                        "sandbox: secret {name:?} is not loaded; see the daemon's log"
-                    ),
-                })
+            values.value(name).ok_or_else(|| Refusal {
+                status: 500,
+                message: format!("sandbox: secret {name:?} is not loaded; see the daemon's log"),
+            })
         };
         let credentials = sigv4::Credentials {
             access_key_id: &aws.access_key_id,

@@ -186,17 +186,12 @@ fn scope_names_are_what_a_credential_scope_holds() {
 }
 
 #[test]
-fn a_secret_field_does_not_name_a_minted_secret() {
+fn a_secret_field_may_name_a_minted_secret_which_the_integration_then_reads_as_minted() {
     let text = format!(
         "[secrets.crm.oauth2]\ntoken_url = \"https://login.example/t\"\nclient_id = \"c\"\n\n\
          [[integration]]\nname = \"aws\"\nhosts = [{BEDROCK}]\n\
          aws_sigv4 = {{ access_key_id = \"AKIDEXAMPLE\", secret_access_key = \"crm\" }}\n"
     );
-    let message = error(&text);
-    assert!(
-        message.contains(
-            "secret_access_key names secret \"crm\", a minted secret; it must name a static one"
-        ),
-        "{message}"
-    );
+    let config = parse(&text);
+    assert_eq!(config.integrations[0].minted, vec!["crm".to_string()]);
 }

@@ -214,9 +214,14 @@ fn an_aws_request_is_signed_with_the_real_key_in_place_of_the_clients() {
     let config = aws_config();
     let aws = config.integrations[0].aws_sigv4.as_ref().unwrap();
     let secrets = Secrets::of(&[("aws", "real/secret+key"), ("token", "real-token")]);
+    let values = Values {
+        integration: &config.integrations[0],
+        secrets: &secrets,
+        tokens: &[],
+    };
     let mut headers = client_headers("UNSIGNED-PAYLOAD");
     let authority = "s3.us-west-2.amazonaws.com";
-    let signer = AwsSigner::new(aws, &secrets, b"/bucket/key", &headers, authority).unwrap();
+    let signer = AwsSigner::new(aws, &values, b"/bucket/key", &headers, authority).unwrap();
     assert_eq!(signer.payload(), Some(&sigv4::PayloadHash::Unsigned));
     let payload = signer.payload().unwrap().clone();
     signer
@@ -248,7 +253,12 @@ fn what_cannot_be_signed_is_refused_before_the_body_is_read() {
     let secrets = Secrets::of(&[("aws", "real/secret+key"), ("token", "real-token")]);
     let authority = "s3.us-west-2.amazonaws.com";
     let refusal = |target: &[u8], headers: &HeaderMap, secrets: &Secrets| {
-        AwsSigner::new(aws, secrets, target, headers, authority)
+        let values = Values {
+            integration: &config.integrations[0],
+            secrets,
+            tokens: &[],
+        };
+        AwsSigner::new(aws, &values, target, headers, authority)
             .err()
             .unwrap()
     };
@@ -272,6 +282,58 @@ fn what_cannot_be_signed_is_refused_before_the_body_is_read() {
     let hashed = client_headers("UNSIGNED-PAYLOAD");
     let mut no_content_sha256 = hashed.clone();
     no_content_sha256.remove("x-amz-content-sha256");
-    let signer = AwsSigner::new(aws, &secrets, b"/", &no_content_sha256, authority).unwrap();
+    let values = Values {
+        integration: &config.integrations[0],
+        secrets: &secrets,
+        tokens: &[],
+    };
+    let signer = AwsSigner::new(aws, &values, b"/", &no_content_sha256, authority).unwrap();
     assert_eq!(signer.payload(), None, "the body is to be hashed");
+}
+
+/// A minted secret signs with its current token, as a template renders it.
+#[test]
+fn a_minted_secret_access_key_signs_with_its_current_token() {
+    let config = crate::config::Config::parse(
+        r#"
+[secrets.aws.oauth2]
+token_url = "https://login.example/t"
+client_id = "c"
+[[integration]]
+name = "s3"
+hosts = ["s3.us-west-2.amazonaws.com"]
+aws_sigv4 = { access_key_id = "AKIDREAL", secret_access_key = "aws" }
+"#,
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let integration = &config.integrations[0];
+    let aws = integration.aws_sigv4.as_ref().unwrap();
+    let signed_with = |key: &str| {
+        let tokens = [Arc::new(SecretValue::new(key.to_string()))];
+        let values = Values {
+            integration,
+            secrets: &Secrets::of(&[]),
+            tokens: &tokens,
+        };
+        let mut headers = client_headers("UNSIGNED-PAYLOAD");
+        headers.remove("x-amz-security-token");
+        let authority = "s3.us-west-2.amazonaws.com";
+        let signer = AwsSigner::new(aws, &values, b"/b/k", &headers, authority).unwrap();
+        let payload = signer.payload().unwrap().clone();
+        signer
+            .sign(b"GET", b"/b/k", authority, &payload, &mut headers)
+            .unwrap();
+        headers[header::AUTHORIZATION].to_str().unwrap().to_string()
+    };
+    let (first, second) = (signed_with("minted/key/one"), signed_with("minted/key/two"));
+    assert!(
+        first.starts_with("AWS4-HMAC-SHA256 Credential=AKIDREAL/"),
+        "{first}"
+    );
+    // Same request, same second (the date is in the scope and x-amz-date): another key, another signature.
+    assert_ne!(
+        first.rsplit_once("Signature=").map(|(_, s)| s),
+        second.rsplit_once("Signature=").map(|(_, s)| s)
+    );
 }
