@@ -146,7 +146,11 @@ pub fn response(response: &TokenResponse, now: SystemTime, mask: &[Zeroizing<Str
     let Some(expires_at) = dates::parse_rfc3339(&expires_at) else {
         return malformed(format!(
             "expires_at \"{}\", which is not an RFC 3339 date",
-            exchange::clean(&expires_at, mask)
+            // The token too: whatever the endpoint wrote there, the log gets no token from it.
+            exchange::clean(
+                &expires_at,
+                &[mask, &[Zeroizing::new(token.expose().to_string())]].concat()
+            )
         ));
     };
     let lifetime = match expires_at.duration_since(now) {

@@ -231,3 +231,18 @@ fn a_key_that_is_not_rsa_fails_the_request_not_the_daemon() {
         Err(JwtError::Key(crate::secrets::jwt::KeyError::NoKey))
     ));
 }
+
+/// Found by the token_response fuzz target: an `expires_at` that is not a date went into the failure
+/// (which is logged) as written, with the token if the endpoint had put it there.
+#[test]
+fn an_expires_at_that_is_no_date_is_logged_without_the_token() {
+    let token = "ghs_0123456789abcdefABCDEF";
+    let body = format!(r#"{{"token":"{token}","expires_at":"soon, says {token}"}}"#);
+    let failure = failure(201, &[], &body);
+    assert!(
+        failure.message.contains("soon, says ***"),
+        "{}",
+        failure.message
+    );
+    assert!(!failure.message.contains(token), "{}", failure.message);
+}
