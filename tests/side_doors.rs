@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use common::certs;
@@ -269,6 +270,97 @@ fn listed_and_own_unix_sockets_work() {
         peers[0].uid, user.uid,
         "the listed socket's peer is the caller"
     );
+    assert_eq!(unlisted.reached(), []);
+    d.finish();
+}
+
+/// Tries to make itself non-dumpable (so that the supervisor could not take its sockets), then connects
+/// over TCP to a listener of its own, to its own Unix socket and to the unlisted host socket (argv[1]:
+/// JSON {"unlisted"}), and prints what each gave: the line read or the errno.
+const UNDUMPABLE: &str = r#"
+import ctypes, errno, json, os, socket, sys, tempfile, threading
+a = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
+got = libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), 0, 0, 0)
+out["prctl"] = "done" if got == 0 else errno.errorcode[ctypes.get_errno()]
+out["dumpable"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+def read_line(family, address):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(address)
+        return s.makefile().readline().strip()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+def serve(family, address, line):
+    server = socket.socket(family, socket.SOCK_STREAM)
+    server.bind(address)
+    server.listen(1)
+    def answer():
+        c, _ = server.accept()
+        c.sendall(line)
+        c.close()
+    threading.Thread(target=answer, daemon=True).start()
+    return server.getsockname()
+tcp = serve(socket.AF_INET, ("127.0.0.1", 0), b"tcp\n")
+out["tcp"] = read_line(socket.AF_INET, tcp)
+own = serve(socket.AF_UNIX, os.path.join(tempfile.mkdtemp(), "own.sock"), b"own\n")
+out["own"] = read_line(socket.AF_UNIX, own)
+out["unlisted"] = read_line(socket.AF_UNIX, a["unlisted"])
+print(json.dumps(out), flush=True)
+"#;
+
+/// The supervisor takes a program's sockets with the rights of a process of the same user, which the
+/// kernel refuses for a non-dumpable one. A program asking prctl for that is refused (EPERM) and keeps
+/// its TCP and its own Unix sockets, the host's still shut; one the kernel made non-dumpable (an
+/// executable the caller may run but not read) gets EPERM on every socket call, the host's included, and
+/// the caller is told why. Before the prctl refusal, the first program's TCP connect failed too.
+#[test]
+fn a_non_dumpable_program_neither_escapes_nor_loses_its_sockets() {
+    if skip_unless_privileged_with(&["python3"]) {
+        return;
+    }
+    let net = TestNet::new();
+    let d = net.daemon().start();
+    let user = test_user();
+    let host = TempDir::new("undumpable", 0o755);
+    let unlisted = HostUnixSocket::stream(&host.join("service.sock"), 0o777, None);
+    let args = json!({ "unlisted": unlisted.path }).to_string();
+    let probe = |python: &str| {
+        let o = d
+            .exec(&user)
+            .profile("locked")
+            .args([python, "-c", UNDUMPABLE, &args])
+            .run();
+        assert_code(&o, 0);
+        let out: Value = serde_json::from_str(stdout(&o).trim())
+            .unwrap_or_else(|e| panic!("{e}: {}", describe(&o)));
+        (out, stderr(&o))
+    };
+    let (out, _) = probe("python3");
+    assert_eq!(
+        out,
+        json!({ "prctl": "EPERM", "dumpable": 1, "tcp": "tcp", "own": "own", "unlisted": "EACCES" })
+    );
+
+    // A copy of python3 the test user may execute but not read: exec makes it non-dumpable.
+    let unreadable = host.join("python3");
+    std::fs::copy(std::fs::canonicalize(tool("python3")).unwrap(), &unreadable).unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (out, told) = probe(unreadable.to_str().unwrap());
+    assert_eq!(
+        out,
+        json!({ "prctl": "EPERM", "dumpable": 0, "tcp": "EPERM", "own": "EPERM", "unlisted": "EPERM" })
+    );
+    assert!(
+        told.contains("python3") && told.contains("is not dumpable") && told.contains("chmod o+r"),
+        "{told}"
+    );
+    assert_eq!(told.matches("is not dumpable").count(), 1, "{told}");
     assert_eq!(unlisted.reached(), []);
     d.finish();
 }

@@ -7,6 +7,12 @@
 //! - `connect`, `sendmsg` and `sendmmsg` always: their address is in memory, which a filter cannot read.
 //! - `sendto` only with an address (argument 4 not NULL): `send()` on a connected socket is most of a
 //!   program's traffic, and a registers-only check has no race.
+//! - `prctl(PR_SET_DUMPABLE, 0)` fails with EPERM: the supervisor takes a program's socket and reads its
+//!   memory with the rights of a process of the same user, which the kernel refuses for a non-dumpable
+//!   one, so such a program could make no checked call at all (TCP's included). The program learns it
+//!   stays traceable by the sandbox's other processes, as a program does where prctl is refused (OpenSSH's
+//!   ssh-agent goes on). An executable the caller cannot read is still run non-dumpable; its calls fail
+//!   closed and the supervisor says why.
 //! - `io_uring_setup` fails with ENOSYS (programs fall back to plain system calls): IORING_OP_CONNECT and
 //!   IORING_OP_SENDMSG would run in the kernel without passing through seccomp.
 //! - The same calls of another ABI fail with EACCES: x32 (the x32 bit in the number) and 32-bit programs
@@ -39,6 +45,8 @@ struct Table {
     /// Refused with EACCES.
     refuse: &'static [u32],
     io_uring_setup: u32,
+    /// Checked for PR_SET_DUMPABLE 0 (None: the ABI's socket calls are refused anyway).
+    prctl: Option<u32>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +60,7 @@ const NATIVE: Table = Table {
     sendto: Some(libc::SYS_sendto as u32),
     refuse: &[],
     io_uring_setup: libc::SYS_io_uring_setup as u32,
+    prctl: Some(libc::SYS_prctl as u32),
 };
 
 /// x32 shares x86_64's `arch` and sets this bit in the number; its socket calls are 42 (connect), 44
@@ -66,6 +75,7 @@ const X32: Option<(u32, Table)> = Some((
         sendto: None,
         refuse: &[42, 44, 46, 307, 518, 538],
         io_uring_setup: 425,
+        prctl: None,
     },
 ));
 
@@ -78,6 +88,7 @@ const COMPAT: Table = Table {
     sendto: None,
     refuse: &[102, 362, 369, 370, 345],
     io_uring_setup: 425,
+    prctl: None,
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -91,6 +102,7 @@ const NATIVE: Table = Table {
     sendto: Some(libc::SYS_sendto as u32),
     refuse: &[],
     io_uring_setup: libc::SYS_io_uring_setup as u32,
+    prctl: Some(libc::SYS_prctl as u32),
 };
 
 #[cfg(target_arch = "aarch64")]
@@ -105,6 +117,7 @@ const COMPAT: Table = Table {
     sendto: None,
     refuse: &[102, 283, 289, 290, 296, 374],
     io_uring_setup: 425,
+    prctl: None,
 };
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
@@ -114,7 +127,10 @@ compile_error!("the socket filter knows the system call numbers of x86_64 and aa
 /// arguments, 64 bits each.
 const NR: u32 = 0;
 const ARCH: u32 = 4;
-/// The low and high halves of argument 4 (little-endian).
+/// The low and high halves of arguments (little-endian).
+const ARG0_LOW: u32 = 16;
+const ARG1_LOW: u32 = 16 + 8;
+const ARG1_HIGH: u32 = ARG1_LOW + 4;
 const ARG4_LOW: u32 = 16 + 4 * 8;
 const ARG4_HIGH: u32 = ARG4_LOW + 4;
 
@@ -123,6 +139,8 @@ const ARG4_HIGH: u32 = ARG4_LOW + 4;
 enum Label {
     /// The instruction after this one.
     Next,
+    /// This many instructions further than the next one.
+    Skip(u8),
     /// Where the x32 part begins.
     X32,
     /// Where the other architecture's part begins.
@@ -130,11 +148,18 @@ enum Label {
     Allow,
     Notify,
     Eacces,
+    Eperm,
     Enosys,
 }
 
-/// The four returns, last in the program in this order.
-const RETURNS: [Label; 4] = [Label::Allow, Label::Notify, Label::Eacces, Label::Enosys];
+/// The returns, last in the program in this order.
+const RETURNS: [Label; 5] = [
+    Label::Allow,
+    Label::Notify,
+    Label::Eacces,
+    Label::Eperm,
+    Label::Enosys,
+];
 
 enum Step {
     Load(u32),
@@ -199,6 +224,17 @@ fn table_steps(steps: &mut Vec<Step>, table: &Table) {
         Label::Enosys,
         Label::Next,
     ));
+    if let Some(prctl) = table.prctl {
+        steps.extend([
+            Step::JumpIfEqual(prctl, Label::Next, Label::Skip(6)),
+            Step::Load(ARG0_LOW),
+            Step::JumpIfEqual(libc::PR_SET_DUMPABLE as u32, Label::Next, Label::Allow),
+            Step::Load(ARG1_LOW),
+            Step::JumpIfEqual(0, Label::Next, Label::Allow),
+            Step::Load(ARG1_HIGH),
+            Step::JumpIfEqual(0, Label::Eperm, Label::Allow),
+        ]);
+    }
     match table.sendto {
         Some(sendto) => {
             steps.push(Step::JumpIfEqual(sendto, Label::Next, Label::Allow));
@@ -214,6 +250,7 @@ fn table_steps(steps: &mut Vec<Step>, table: &Table) {
 fn assemble(steps: &[Step], sections: &Sections) -> Vec<sock_filter> {
     let target = |at: usize, label: Label| match label {
         Label::Next => at + 1,
+        Label::Skip(n) => at + 1 + usize::from(n),
         Label::X32 => sections.x32,
         Label::Compat => sections.compat,
         other => steps.len() + RETURNS.iter().position(|&r| r == other).unwrap_or(0),
@@ -265,8 +302,11 @@ fn action(label: Label) -> u32 {
     match label {
         Label::Notify => libc::SECCOMP_RET_USER_NOTIF,
         Label::Eacces => libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
+        Label::Eperm => libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
         Label::Enosys => libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
-        Label::Allow | Label::Next | Label::X32 | Label::Compat => libc::SECCOMP_RET_ALLOW,
+        Label::Allow | Label::Next | Label::Skip(_) | Label::X32 | Label::Compat => {
+            libc::SECCOMP_RET_ALLOW
+        }
     }
 }
 

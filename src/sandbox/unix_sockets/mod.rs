@@ -25,8 +25,9 @@ pub mod filter;
 mod policy;
 mod target;
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -110,6 +111,7 @@ pub fn serve(listener: OwnedFd, policy: Policy) {
         listener,
         policy,
         workers: AtomicUsize::new(0),
+        told_undumpable: AtomicBool::new(false),
     });
     loop {
         match supervisor.receive() {
@@ -126,6 +128,8 @@ struct Supervisor {
     listener: OwnedFd,
     policy: Policy,
     workers: AtomicUsize,
+    /// Whether the caller was told once that a program's calls fail because it is not dumpable.
+    told_undumpable: AtomicBool,
 }
 
 /// One call of the program, as the filter sent it.
@@ -251,7 +255,12 @@ impl Supervisor {
         });
         let (target, socket) = match prepared {
             Ok(prepared) => prepared,
-            Err(errno) => return self.respond(call.id, Err(errno)),
+            Err(errno) => {
+                if errno == Errno::EPERM {
+                    self.tell_undumpable(call.tid);
+                }
+                return self.respond(call.id, Err(errno));
+            }
         };
         if may_block(&call, &socket) && self.take_worker() {
             let supervisor = self.clone();
@@ -274,6 +283,23 @@ impl Supervisor {
         }
         let result = self.perform(&call, &target, &socket);
         self.respond(call.id, result);
+    }
+
+    /// A program the supervisor may not take sockets from is one the kernel made non-dumpable (the filter
+    /// refuses prctl's way there): its socket calls fail with EPERM, and the caller's terminal says why,
+    /// once per sandbox.
+    fn tell_undumpable(&self, tid: u32) {
+        if self.told_undumpable.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
+        let _ = writeln!(
+            std::io::stderr(),
+            "sandbox: {} (pid {tid}) is not dumpable, so its socket calls cannot be checked and fail \
+             with EPERM; the usual cause is an executable the caller may run but not read (chmod o+r \
+             it), or kernel.yama.ptrace_scope above 1 (see `sandbox doctor`)",
+            name.trim()
+        );
     }
 
     /// Counts a worker in, unless MAX_WORKERS are busy (then the call is made in turn, on this thread).

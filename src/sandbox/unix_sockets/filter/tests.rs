@@ -2,10 +2,16 @@ use super::*;
 
 /// Runs `program` as the kernel would on one system call: the classic BPF subset the filter uses.
 fn run(program: &[sock_filter], arch: u32, nr: u32, arg4: u64) -> u32 {
+    run_with(program, arch, nr, [0, 0, 0, 0, arg4, 0])
+}
+
+fn run_with(program: &[sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
     let mut data = [0u8; 64];
     data[0..4].copy_from_slice(&nr.to_le_bytes());
     data[4..8].copy_from_slice(&arch.to_le_bytes());
-    data[48..56].copy_from_slice(&arg4.to_le_bytes());
+    for (at, arg) in args.iter().enumerate() {
+        data[16 + at * 8..24 + at * 8].copy_from_slice(&arg.to_le_bytes());
+    }
     let word = |at: u32| {
         let at = at as usize;
         u32::from_le_bytes(data[at..at + 4].try_into().unwrap())
@@ -34,6 +40,7 @@ fn run(program: &[sock_filter], arch: u32, nr: u32, arg4: u64) -> u32 {
 const ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 const NOTIFY: u32 = libc::SECCOMP_RET_USER_NOTIF;
 const EACCES: u32 = libc::SECCOMP_RET_ERRNO | libc::EACCES as u32;
+const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
 const ENOSYS: u32 = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
 
 fn native(nr: i64, arg4: u64) -> u32 {
@@ -63,6 +70,35 @@ fn calls_that_can_name_a_socket_go_to_the_supervisor() {
     ] {
         assert_eq!(native(nr, 0x1000), ALLOW, "{nr}");
     }
+}
+
+/// Only PR_SET_DUMPABLE 0 is refused: the supervisor could take no call of a non-dumpable program.
+#[test]
+fn a_program_cannot_make_itself_non_dumpable() {
+    let program = program();
+    let prctl = |option: u64, arg2: u64| {
+        run_with(
+            &program,
+            NATIVE.arch,
+            libc::SYS_prctl as u32,
+            [option, arg2, 0, 0, 0, 0],
+        )
+    };
+    let dumpable = libc::PR_SET_DUMPABLE as u64;
+    assert_eq!(prctl(dumpable, 0), EPERM);
+    assert_eq!(prctl(dumpable, 1), ALLOW);
+    // Values the kernel refuses itself (EINVAL), the high half of arg2 included.
+    assert_eq!(prctl(dumpable, 2), ALLOW);
+    assert_eq!(prctl(dumpable, 1 << 32), ALLOW);
+    // The option is an int: its high half is not looked at, as the kernel does not.
+    assert_eq!(prctl((1 << 32) | dumpable, 0), EPERM);
+    assert_eq!(prctl(libc::PR_GET_DUMPABLE as u64, 0), ALLOW);
+    assert_eq!(prctl(libc::PR_SET_NAME as u64, 0), ALLOW);
+    assert_eq!(prctl(libc::PR_SET_PDEATHSIG as u64, 0), ALLOW);
+    // The check does not leak into the calls after it in the program.
+    assert_eq!(native(libc::SYS_connect, 0), NOTIFY);
+    assert_eq!(native(libc::SYS_sendto, 0), ALLOW);
+    assert_eq!(native(libc::SYS_sendto, 0x1000), NOTIFY);
 }
 
 #[cfg(target_arch = "x86_64")]
