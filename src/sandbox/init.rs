@@ -441,9 +441,11 @@ fn take_listener(
     let taken = unix_sockets::take_listener(command.as_raw(), i32::from_ne_bytes(number));
     let answer = if taken.is_ok() { b"k" } else { b"x" };
     let _ = File::from(to_command).write_all(answer);
-    taken
-        .map(Some)
-        .context(|| "taking the socket filter from the command".into())
+    taken.map(Some).context(|| {
+        "taking the socket filter from the command (pidfd_getfd; a container's seccomp filter may \
+             refuse it: see `sandbox doctor`)"
+            .into()
+    })
 }
 
 /// Becomes the command. Returns only on failure, with the exit status that failure should have and why.

@@ -26,11 +26,12 @@ mod policy;
 mod target;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 pub use policy::Policy;
 use target::Target;
@@ -78,28 +79,43 @@ pub fn kernel_support() -> Result<String, String> {
             match nix::sys::wait::waitpid(child, None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
                 _ => missing.push(
-                    "seccomp user notification with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19)",
+                    "seccomp user notification with SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19)"
+                        .into(),
                 ),
             }
         }
-        Err(_) => missing.push("fork (to try the seccomp filter)"),
+        Err(_) => missing.push("fork (to try the seccomp filter)".into()),
     }
-    let own_stdin = Target::open(std::process::id()).and_then(|target| target.fd(0));
-    if own_stdin.is_err() {
-        missing.push("pidfd_open and pidfd_getfd (Linux 5.6)");
+    // A container's seccomp filter may refuse these (systemd-nspawn's does, with EPERM) while the kernel
+    // has them.
+    const FILTERED: &str = "refused by a seccomp filter of this environment (systemd-nspawn: \
+        --system-call-filter='pidfd_getfd openat2', or SystemCallFilter= in the .nspawn file)";
+    match Target::open(std::process::id()).and_then(|target| target.fd(0)) {
+        Ok(_) => {}
+        Err(Errno::EPERM) => missing.push(format!("pidfd_getfd, {FILTERED}")),
+        Err(_) => missing.push("pidfd_open and pidfd_getfd (Linux 5.6)".into()),
+    }
+    let how = nix::fcntl::OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, "/", how) {
+        Ok(_) => {}
+        Err(Errno::EPERM) => missing.push(format!("openat2, {FILTERED}")),
+        Err(_) => missing.push("openat2 (Linux 5.6)".into()),
     }
     // Yama's modes 2 and 3 refuse pidfd_getfd and process_vm_readv even to an ancestor of the same user.
     let ptrace_scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope");
     if ptrace_scope.is_ok_and(|scope| scope.trim().parse::<u8>().is_ok_and(|scope| scope > 1)) {
         missing.push(
-            "kernel.yama.ptrace_scope 0 or 1 (a sandbox's PID 1 reads its calls as an ancestor)",
+            "kernel.yama.ptrace_scope 0 or 1 (a sandbox's PID 1 reads its calls as an ancestor)"
+                .into(),
         );
     }
     if diag::bound_here(diag::BoundFile::none()).is_err() {
-        missing.push("Unix socket diagnostics (CONFIG_UNIX_DIAG, module unix_diag)");
+        missing.push("Unix socket diagnostics (CONFIG_UNIX_DIAG, module unix_diag)".into());
     }
     if missing.is_empty() {
-        Ok("seccomp user notification, pidfd_getfd, unix_diag".into())
+        Ok("seccomp user notification, pidfd_getfd, openat2, unix_diag".into())
     } else {
         Err(format!("missing: {}", missing.join(", ")))
     }
@@ -116,6 +132,10 @@ pub fn serve(listener: OwnedFd, policy: Policy) {
     loop {
         match supervisor.receive() {
             Ok(call) => supervisor.handle(call),
+            // Once every process under the filter has exited, receiving fails at once with ENOENT, and
+            // no call can come again (only their children would inherit the filter): looping on would spin
+            // a core until PID 1 exits, and starve it under a real-time policy.
+            Err(Errno::ENOENT) if supervisor.orphaned() => return,
             // A program interrupted or killed while its call waited: the kernel dropped the call.
             Err(Errno::EINTR | Errno::ENOENT) => continue,
             // The listener is unusable; once it is closed every call of the filter fails (ENOSYS).
@@ -210,6 +230,15 @@ impl Supervisor {
             },
             args: raw.data.args,
         })
+    }
+
+    /// Whether no process uses the filter any more (the kernel reports POLLHUP on its listener).
+    fn orphaned(&self) -> bool {
+        let mut listener = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        poll(&mut listener, PollTimeout::ZERO).is_ok()
+            && listener[0]
+                .revents()
+                .is_some_and(|events| events.contains(PollFlags::POLLHUP))
     }
 
     fn respond(&self, id: u64, result: Result<i64, Errno>) {

@@ -195,7 +195,8 @@ fn sockaddr(path: &Path) -> Vec<u8> {
 
 /// The supervisor on this kernel, for a process that installed the filter: a socket its namespace's
 /// processes did not bind is refused, even one anyone may write; a listed one and its own are reached;
-/// descriptors it sends reach their peer; io_uring and x32 are closed.
+/// descriptors it sends reach their peer; io_uring and x32 are closed; the supervisor returns once the
+/// process is gone.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn the_supervisor_refuses_unlisted_sockets_and_makes_the_other_calls() {
@@ -251,11 +252,12 @@ fn the_supervisor_refuses_unlisted_sockets_and_makes_the_other_calls() {
     std::fs::File::from(to_child).write_all(b"k").unwrap();
     let policy = Policy::new(vec![dir.join("listed.sock")]);
     let child_netns = netns.try_clone().unwrap();
-    // The supervisor lives in the sandbox's network namespace, as PID 1 does. It serves for as long as the
-    // test process lives.
+    // The supervisor lives in the sandbox's network namespace, as PID 1 does.
+    let (served, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         nix::sched::setns(child_netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        serve(listener, policy)
+        serve(listener, policy);
+        let _ = served.send(());
     });
     let mut results = [0u8; 4 * RESULTS];
     std::fs::File::from(reports)
@@ -285,6 +287,11 @@ fn the_supervisor_refuses_unlisted_sockets_and_makes_the_other_calls() {
     assert!(
         host_datagram.recv(&mut [0u8; 8]).is_err(),
         "a datagram reached the host's socket"
+    );
+    // With no process left under the filter, the supervisor returns rather than spin on its listener.
+    assert!(
+        done.recv_timeout(std::time::Duration::from_secs(5)).is_ok(),
+        "the supervisor still serves a filter nobody uses"
     );
 }
 
