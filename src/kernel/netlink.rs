@@ -12,7 +12,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use futures::future::try_join_all;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+};
 use netlink_packet_route::route::{RouteAttribute, RouteType};
 use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
@@ -417,15 +419,13 @@ impl Netlink {
     }
 
     async fn create_veth(&self, ifname: &str, netns: BorrowedFd<'_>) -> Result<(), NetlinkError> {
-        // The host end is created up (the kernel applies its ifinfomsg flags on creation); the
-        // peer cannot be: the kernel configures it before the pair is joined, and opening a veth
-        // without its peer fails with ENOTCONN.
+        // Both ends are created down: each is brought up only once it has no automatic IPv6
+        // address to make (`up_without_autoconf`), which the kernel does not take on creation.
         let peer = LinkUnspec::new_with_name(SANDBOX_IFNAME)
             .setns_by_fd(netns.as_raw_fd())
             .build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(ifname)
-            .up()
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.handle
@@ -447,7 +447,11 @@ impl Netlink {
             addresses.push(self.add_address(index, ifname, HOST_LINK_LOCAL.into(), 64));
             addresses.push(self.add_address(index, ifname, v6.host.into(), v6.prefix));
         }
-        try_join_all(addresses).await.map(drop)
+        futures::try_join!(
+            self.up_without_autoconf(index, ifname, spec.v6.is_some()),
+            try_join_all(addresses)
+        )
+        .map(drop)
     }
 
     async fn configure_sandbox_end(&self, spec: &LinkSpec) -> Result<(), NetlinkError> {
@@ -478,7 +482,7 @@ impl Netlink {
         }
         futures::try_join!(
             self.set_up(LOOPBACK_INDEX, "lo"),
-            self.set_up(index, SANDBOX_IFNAME),
+            self.up_without_autoconf(index, SANDBOX_IFNAME, spec.v6.is_some()),
             try_join_all(addresses),
         )?;
         // The gateways are reachable only now that eth0 is up and has its addresses.
@@ -501,6 +505,35 @@ impl Netlink {
         let link = LinkUnspec::new_with_index(index).up().build();
         let request = self.handle.link().change(link).execute();
         request.await.map_err(failed(format!("bring {ifname} up")))
+    }
+
+    /// Brings a veth end up without the link-local address the kernel would make from its MAC
+    /// (IN6_ADDR_GEN_MODE_NONE; the fixed one is added without DAD). Each IPv6 route of the daemon's
+    /// namespace costs every later link change there a little: the kernel walks all of them whenever
+    /// any device goes up or down, holding the lock every sandbox's start and end wait for. With 500
+    /// sandboxes, that walk was most of what each further one cost; this address was one route (and
+    /// a DAD run) per sandbox. The mode must be set while the device is down, by a message of its
+    /// own: the kernel applies a message's flags before its address-family settings. Without IPv6
+    /// in the config the kernel may have none (ipv6.disable=1), and would refuse the setting.
+    async fn up_without_autoconf(
+        &self,
+        index: u32,
+        ifname: &str,
+        ipv6: bool,
+    ) -> Result<(), NetlinkError> {
+        if !ipv6 {
+            return self.set_up(index, ifname).await;
+        }
+        let no_autoconf = LinkUnspec::new_with_index(index)
+            .append_extra_attribute(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]))
+            .build();
+        let request = self.handle.link().change(no_autoconf).execute();
+        request.await.map_err(failed(format!(
+            "turn off IPv6 address generation on {ifname}"
+        )))?;
+        self.set_up(index, ifname).await
     }
 
     async fn index_of(&self, ifname: &str) -> Result<u32, NetlinkError> {
