@@ -40,6 +40,9 @@ pub(super) const TABLE_SIZE: usize = 4096;
 pub(super) const MAX_STREAMS: u32 = 128;
 /// SETTINGS of the client's that the upstream has not acknowledged yet: each is remembered until it is.
 pub(super) const MAX_UNACKED_SETTINGS: usize = 64;
+/// The upstream's PINGs the client has not answered yet; past this many, the relay answers the next
+/// itself.
+const MAX_PINGS_IN_FLIGHT: usize = 8;
 /// An output holding this much stops the relay reading from either peer until it drains.
 const HIGH_WATER: usize = 256 * 1024;
 /// How much of the client's connection window the relay keeps back from the upstream, for the bodies of
@@ -142,6 +145,8 @@ pub(super) struct Core {
     upstream_goaway: Option<u32>,
     /// The last stream named in the GOAWAY sent to the client: a later GOAWAY may not name a higher one.
     goaway_sent: Option<u32>,
+    /// Payloads of the upstream's PINGs passed to the client, whose answers go back to the upstream.
+    upstream_pings: VecDeque<[u8; 8]>,
     pub(super) idle_since: Option<Clock>,
     started: Clock,
     scratch: Vec<u8>,
@@ -193,6 +198,7 @@ impl Core {
             credit_upstream: 0,
             upstream_goaway: None,
             goaway_sent: None,
+            upstream_pings: VecDeque::new(),
             idle_since: Some(now),
             started: now,
             scratch: Vec::new(),
@@ -328,6 +334,13 @@ impl Core {
             PUSH_PROMISE => return Err(Fatal::new(PROTOCOL_ERROR, "a client may not push")),
             PING if head.flags & ACK == 0 => {
                 write_frame(&mut self.to_client.buf, PING, ACK, 0, payload);
+            }
+            PING => {
+                let forwarded = self.upstream_pings.iter().position(|ping| ping == payload);
+                if let Some(at) = forwarded {
+                    self.upstream_pings.remove(at);
+                    self.to_upstream.buf.extend_from_slice(frame);
+                }
             }
             GOAWAY => {
                 // Its last stream counts the upstream's streams: there are none (no push).
@@ -756,9 +769,18 @@ impl Core {
                     "PUSH_PROMISE with push disabled",
                 ))
             }
-            PING if head.flags & ACK == 0 => {
-                write_frame(&mut self.to_upstream.buf, PING, ACK, 0, payload);
-            }
+            // Passed to the client, whose answer comes back: a server's graceful shutdown (GOAWAY with
+            // the highest stream id, then a PING) counts as processed every stream sent before the PING's
+            // answer. Answered here, that would leave out the streams the client sent meanwhile, which
+            // the server's final GOAWAY would then refuse; RFC 9113 lets the client send those again,
+            // but curl 7.88 fails them instead.
+            PING if head.flags & ACK == 0 => match <[u8; 8]>::try_from(payload) {
+                Ok(ping) if self.upstream_pings.len() < MAX_PINGS_IN_FLIGHT => {
+                    self.upstream_pings.push_back(ping);
+                    self.to_client.buf.extend_from_slice(frame);
+                }
+                _ => write_frame(&mut self.to_upstream.buf, PING, ACK, 0, payload),
+            },
             GOAWAY => self.upstream_goaway(frame),
             WINDOW_UPDATE => {
                 window_increment(&head, payload)?;
