@@ -269,11 +269,20 @@ fn keeper() -> Result<i32, InitError> {
     // PID namespace) whether the keeper died before PID 1's parent-death signal was set.
     let (keeper_alive, keeper_end) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).context(|| "making a pipe".into())?;
+    // The socket supervisor's way to the keeper (`unix_sockets::helper`).
+    let (helper_end, supervisor_end) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .context(|| "making the socket supervisor's socket pair".into())?;
     // SAFETY: this process is single-threaded, so fork is safe.
     match unsafe { fork() }.context(|| "fork of the sandbox's PID 1".into())? {
         ForkResult::Child => {
-            drop(keeper_end);
-            let code = match pid1(&spec, &forwarded, &previous_mask, keeper_alive) {
+            drop((keeper_end, helper_end));
+            let helper = unix_sockets::helper::Helper::new(supervisor_end);
+            let code = match pid1(&spec, &forwarded, &previous_mask, keeper_alive, helper) {
                 Ok(code) => code,
                 Err(error) => {
                     let _ = writeln!(io::stderr(), "sandbox: {error}");
@@ -283,8 +292,15 @@ fn keeper() -> Result<i32, InitError> {
             std::process::exit(code)
         }
         ForkResult::Parent { child } => {
-            drop(keeper_alive);
-            let status = supervise(child, &forwarded);
+            drop((keeper_alive, supervisor_end));
+            // After the fork: the keeper has no other thread that a fork could have caught mid-way.
+            // Without the helper, a non-dumpable program's socket calls fail (EPERM), closed as before.
+            // Without the namespace, no request is answered: a non-dumpable program's socket calls
+            // fail (EPERM), closed as before.
+            let helper = unix_sockets::helper::pid_namespace_of(child.as_raw())
+                .ok()
+                .map(|sandbox_pid_ns| (helper_end, sandbox_pid_ns));
+            let status = keep(child, &forwarded, helper);
             drop(keeper_end);
             status
         }
@@ -325,20 +341,82 @@ fn forwarded_set() -> SigSet {
 fn supervise(child: Pid, forwarded: &SigSet) -> Result<i32, InitError> {
     loop {
         let signal = forwarded.wait().context(|| "waiting for signals".into())?;
-        if signal != Signal::SIGCHLD {
-            let _ = kill(child, signal);
-            continue;
+        if let Some(code) = on_signal(child, signal)? {
+            return Ok(code);
         }
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(code),
-                Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => {
-                    return Ok(128 + signal as i32)
-                }
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
-                Ok(_) | Err(Errno::EINTR) => continue,
-                Err(error) => return Err(error).context(|| "waiting for the command".into()),
+    }
+}
+
+/// The keeper's `supervise`, answering the socket supervisor's requests (`unix_sockets::helper`: the
+/// socket and the sandbox's PID namespace) meanwhile. In one thread, polling: a process that made a PID
+/// namespace for its children can start no thread.
+fn keep(
+    child: Pid,
+    forwarded: &SigSet,
+    mut helper: Option<(OwnedFd, u64)>,
+) -> Result<i32, InitError> {
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        forwarded,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )
+    .context(|| "making a signalfd".into())?;
+    loop {
+        let mut ready = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if let Some((socket, _)) = &helper {
+            ready.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut ready, PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            other => other.context(|| "waiting for signals".into())?,
+        };
+        let readable = |at: usize| {
+            ready
+                .get(at)
+                .and_then(|fd| fd.revents())
+                .is_some_and(|e| !e.is_empty())
+        };
+        let (signal_ready, request_ready) = (readable(0), readable(1));
+        drop(ready);
+        if request_ready {
+            let open = helper
+                .as_ref()
+                .is_some_and(|(socket, ns)| unix_sockets::helper::answer_one(socket.as_fd(), *ns));
+            if !open {
+                helper = None;
             }
+        }
+        if signal_ready {
+            let Some(info) = signals
+                .read_signal()
+                .context(|| "reading a signal".into())?
+            else {
+                continue;
+            };
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            if let Some(code) = on_signal(child, signal)? {
+                return Ok(code);
+            }
+        }
+    }
+}
+
+/// A forwarded signal goes to `child`; SIGCHLD reaps what ended. The exit status once `child` ended.
+fn on_signal(child: Pid, signal: Signal) -> Result<Option<i32>, InitError> {
+    if signal != Signal::SIGCHLD {
+        let _ = kill(child, signal);
+        return Ok(None);
+    }
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => {
+                return Ok(Some(128 + signal as i32))
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(None),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(error) => return Err(error).context(|| "waiting for the command".into()),
         }
     }
 }
@@ -348,6 +426,7 @@ fn pid1(
     forwarded: &SigSet,
     previous_mask: &SigSet,
     keeper_alive: OwnedFd,
+    helper: unix_sockets::helper::Helper,
 ) -> Result<i32, InitError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .context(|| "setting the parent-death signal".into())?;
@@ -386,7 +465,7 @@ fn pid1(
                     let policy = unix_sockets::Policy::new(spec.unix_sockets.clone());
                     std::thread::Builder::new()
                         .name("sandbox-sockets".into())
-                        .spawn(move || unix_sockets::serve(listener, policy))
+                        .spawn(move || unix_sockets::serve(listener, policy, Some(helper)))
                         .map(drop)
                         .context(|| "starting the socket supervisor".into())
                 });

@@ -11,8 +11,8 @@
 //!   memory with the rights of a process of the same user, which the kernel refuses for a non-dumpable
 //!   one, so such a program could make no checked call at all (TCP's included). The program learns it
 //!   stays traceable by the sandbox's other processes, as a program does where prctl is refused (OpenSSH's
-//!   ssh-agent goes on). An executable the caller cannot read is still run non-dumpable; its calls fail
-//!   closed and the supervisor says why.
+//!   ssh-agent goes on). An executable the caller cannot read is still run non-dumpable; the keeper
+//!   opens for the supervisor what the kernel refuses it then (`helper`).
 //! - `io_uring_setup` fails with ENOSYS (programs fall back to plain system calls): IORING_OP_CONNECT and
 //!   IORING_OP_SENDMSG would run in the kernel without passing through seccomp.
 //! - The same calls of another ABI fail with EACCES: x32 (the x32 bit in the number) and 32-bit programs

@@ -18,10 +18,13 @@
 //! rights (write permission on the socket file, in the sandbox's mount namespace) and its peer sees the
 //! caller's uid and groups, never root's. It is out of the command's reach: it makes itself non-dumpable
 //! (no ptrace, no /proc/1/mem or /proc/1/fd), and as the PID namespace's init it ignores SIGKILL and
-//! SIGSTOP from inside. If it is gone, the filter's calls fail (ENOSYS): the door stays shut.
+//! SIGSTOP from inside. If it is gone, the filter's calls fail (ENOSYS): the door stays shut. What the
+//! kernel refuses a process of the same user (the socket and memory of a non-dumpable program), the
+//! sandbox's keeper opens for it (`helper`), and the supervisor goes on as the caller.
 
 mod diag;
 pub mod filter;
+pub mod helper;
 mod policy;
 mod target;
 
@@ -60,7 +63,7 @@ const MMSGHDR: usize = 64;
 
 /// The filter's listener, from the process `pid` that installed it: PID 1 takes it from the command.
 pub fn take_listener(pid: i32, fd: i32) -> std::io::Result<OwnedFd> {
-    Ok(Target::open(pid as u32)?.fd(fd)?)
+    Ok(Target::open(pid as u32, None)?.fd(fd)?)
 }
 
 /// What the mechanism needs from the kernel, tried (for `sandbox doctor`): Ok with what was found, or
@@ -90,7 +93,7 @@ pub fn kernel_support() -> Result<String, String> {
     // has them.
     const FILTERED: &str = "refused by a seccomp filter of this environment (systemd-nspawn: \
         --system-call-filter='pidfd_getfd openat2', or SystemCallFilter= in the .nspawn file)";
-    match Target::open(std::process::id()).and_then(|target| target.fd(0)) {
+    match Target::open(std::process::id(), None).and_then(|target| target.fd(0)) {
         Ok(_) => {}
         Err(Errno::EPERM) => missing.push(format!("pidfd_getfd, {FILTERED}")),
         Err(_) => missing.push("pidfd_open and pidfd_getfd (Linux 5.6)".into()),
@@ -121,11 +124,13 @@ pub fn kernel_support() -> Result<String, String> {
     }
 }
 
-/// Serves the filter's calls until its listener fails. Never returns while the sandbox lives.
-pub fn serve(listener: OwnedFd, policy: Policy) {
+/// Serves the filter's calls until its listener fails. Never returns while the sandbox lives. `helper`
+/// opens what the kernel refuses the supervisor (None: such calls fail).
+pub fn serve(listener: OwnedFd, policy: Policy, helper: Option<helper::Helper>) {
     let supervisor = Arc::new(Supervisor {
         listener,
         policy,
+        helper: helper.map(Arc::new),
         workers: AtomicUsize::new(0),
         told_undumpable: AtomicBool::new(false),
     });
@@ -147,6 +152,7 @@ pub fn serve(listener: OwnedFd, policy: Policy) {
 struct Supervisor {
     listener: OwnedFd,
     policy: Policy,
+    helper: Option<Arc<helper::Helper>>,
     workers: AtomicUsize,
     /// Whether the caller was told once that a program's calls fail because it is not dumpable.
     told_undumpable: AtomicBool,
@@ -278,7 +284,7 @@ impl Supervisor {
     }
 
     fn handle(self: &Arc<Self>, call: Call) {
-        let prepared = Target::open(call.tid).and_then(|target| {
+        let prepared = Target::open(call.tid, self.helper.clone()).and_then(|target| {
             let socket = Socket::of(target.fd(call.args[0] as i32)?)?;
             Ok((target, socket))
         });
@@ -314,9 +320,9 @@ impl Supervisor {
         self.respond(call.id, result);
     }
 
-    /// A program the supervisor may not take sockets from is one the kernel made non-dumpable (the filter
-    /// refuses prctl's way there): its socket calls fail with EPERM, and the caller's terminal says why,
-    /// once per sandbox.
+    /// A program the supervisor may not take sockets from, and the keeper neither (the daemon without
+    /// CAP_SYS_PTRACE), is one the kernel made non-dumpable (the filter refuses prctl's way there): its
+    /// socket calls fail with EPERM, and the caller's terminal says why, once per sandbox.
     fn tell_undumpable(&self, tid: u32) {
         if self.told_undumpable.swap(true, Ordering::Relaxed) {
             return;
@@ -324,9 +330,10 @@ impl Supervisor {
         let name = std::fs::read_to_string(format!("/proc/{tid}/comm")).unwrap_or_default();
         let _ = writeln!(
             std::io::stderr(),
-            "sandbox: {} (pid {tid}) is not dumpable, so its socket calls cannot be checked and fail \
-             with EPERM; the usual cause is an executable the caller may run but not read (chmod o+r \
-             it), or kernel.yama.ptrace_scope above 1 (see `sandbox doctor`)",
+            "sandbox: {} (pid {tid}) is not dumpable (an executable the caller may run but not \
+             read), and the daemon may not take its sockets for it (that needs CAP_SYS_PTRACE, which \
+             its systemd unit grants), so its socket calls fail with EPERM; `chmod o+r` the executable, \
+             or let the daemon keep the capability",
             name.trim()
         );
     }

@@ -13,6 +13,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 
 use super::diag::{self, BoundFile};
+use super::helper::Directory;
 use super::target::Target;
 
 pub struct Policy {
@@ -76,8 +77,8 @@ fn resolve(target: &Target, path: &[u8]) -> Result<OwnedFd, Errno> {
         .map(|rest| [b"/proc/", tid.as_bytes(), b"/", rest].concat());
     let path = rewritten.as_deref().unwrap_or(path);
     let (dir, relative) = match path.strip_prefix(b"/") {
-        Some(relative) => (target.directory("root")?, relative),
-        None => (target.directory("cwd")?, path),
+        Some(relative) => (target.directory(Directory::Root)?, relative),
+        None => (target.directory(Directory::Cwd)?, path),
     };
     // The root itself is a directory, not a socket.
     let relative: &[u8] = if relative.is_empty() { b"." } else { relative };

@@ -2,30 +2,61 @@
 //! the very socket the call named, whatever the program's descriptor table says a moment later) and its
 //! memory (read once with process_vm_readv, so the supervisor decides and acts on one copy, whatever the
 //! program writes there a moment later). The kernel allows both to the supervisor because it runs as the
-//! same user and is an ancestor of every process of the sandbox.
+//! same user and is an ancestor of every process of the sandbox, unless the program is not dumpable:
+//! then the keeper opens them (`helper`), and the supervisor reads the memory through /proc/TID/mem.
 
+use std::cell::OnceCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use nix::errno::Errno;
+
+use super::helper::{Ask, Directory, Helper};
 
 pub(super) struct Target {
     /// The calling thread, as the sandbox's PID namespace numbers it.
     pub(super) tid: libc::pid_t,
     pidfd: OwnedFd,
+    /// Asked when the kernel refuses the supervisor (a non-dumpable program).
+    helper: Option<Arc<Helper>>,
+    /// /proc/TID/mem from the helper, once asked for.
+    memory: OnceCell<OwnedFd>,
 }
 
 impl Target {
     /// The thread `tid` (kernel 6.9 has pidfds of threads; before, its process's, which share its
     /// descriptors unless it was made with clone without CLONE_FILES). Until the notification is checked
     /// valid after this, `tid` may be another process that reused the number.
-    pub(super) fn open(tid: u32) -> Result<Target, Errno> {
+    pub(super) fn open(tid: u32, helper: Option<Arc<Helper>>) -> Result<Target, Errno> {
         let tid = tid as libc::pid_t;
         let pidfd = match pidfd_open(tid, libc::PIDFD_THREAD) {
             Err(Errno::EINVAL) => pidfd_open(thread_group(tid)?, 0)?,
             other => other?,
         };
-        Ok(Target { tid, pidfd })
+        Ok(Target {
+            tid,
+            pidfd,
+            helper,
+            memory: OnceCell::new(),
+        })
+    }
+
+    /// What the helper opens for this thread, where the kernel refused the supervisor with `refused`.
+    fn ask(&self, ask: Ask, refused: Errno) -> Result<OwnedFd, Errno> {
+        match &self.helper {
+            Some(helper) => helper.open(ask, self.tid as u32, Some(self.pidfd.as_fd())),
+            None => Err(refused),
+        }
+    }
+
+    /// /proc/TID/mem from the helper (asked once).
+    fn memory(&self, refused: Errno) -> Result<&OwnedFd, Errno> {
+        if let Some(memory) = self.memory.get() {
+            return Ok(memory);
+        }
+        let memory = self.ask(Ask::Memory, refused)?;
+        Ok(self.memory.get_or_init(|| memory))
     }
 
     /// A duplicate of the target's descriptor `fd` (the same open file).
@@ -40,7 +71,10 @@ impl Target {
             )
         };
         if got < 0 {
-            return Err(Errno::last());
+            return match Errno::last() {
+                Errno::EPERM => self.ask(Ask::Socket(fd), Errno::EPERM),
+                errno => Err(errno),
+            };
         }
         // SAFETY: as above.
         Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
@@ -87,17 +121,38 @@ impl Target {
                 )
             };
             if got < 0 {
-                return Err(match Errno::last() {
-                    // ESRCH: gone, and the notification with it; EPERM/EFAULT: what the call would have met.
-                    Errno::EPERM => Errno::EPERM,
-                    Errno::ESRCH => Errno::ESRCH,
-                    _ => Errno::EFAULT,
-                });
+                return match Errno::last() {
+                    Errno::EPERM => self.read_through_memory(pieces, Errno::EPERM),
+                    // ESRCH: gone, and the notification with it; EFAULT: what the call would have met.
+                    Errno::ESRCH => Err(Errno::ESRCH),
+                    _ => Err(Errno::EFAULT),
+                };
             }
             if got as usize != want {
                 return Err(Errno::EFAULT);
             }
             done += want;
+        }
+        Ok(buffer)
+    }
+
+    /// As `read_pieces`, through /proc/TID/mem from the helper.
+    fn read_through_memory(
+        &self,
+        pieces: &[(u64, usize)],
+        refused: Errno,
+    ) -> Result<Vec<u8>, Errno> {
+        let memory = self.memory(refused)?;
+        let mut buffer = Vec::new();
+        for &(address, len) in pieces {
+            let start = buffer.len();
+            buffer.resize(start + len, 0);
+            let offset = i64::try_from(address).map_err(|_| Errno::EFAULT)?;
+            let got = nix::sys::uio::pread(memory, &mut buffer[start..], offset)
+                .map_err(|_| Errno::EFAULT)?;
+            if got != len {
+                return Err(Errno::EFAULT);
+            }
         }
         Ok(buffer)
     }
@@ -114,6 +169,16 @@ impl Target {
         };
         // SAFETY: the kernel only reads the local buffer and checks the remote range.
         let put = unsafe { libc::process_vm_writev(self.tid, &local, 1, &remote, 1, 0) };
+        if put < 0 && Errno::last() == Errno::EPERM {
+            let memory = self.memory(Errno::EPERM)?;
+            let offset = i64::try_from(address).map_err(|_| Errno::EFAULT)?;
+            let put = nix::sys::uio::pwrite(memory, bytes, offset).map_err(|_| Errno::EFAULT)?;
+            return if put == bytes.len() {
+                Ok(())
+            } else {
+                Err(Errno::EFAULT)
+            };
+        }
         if put as usize != bytes.len() {
             return Err(Errno::EFAULT);
         }
@@ -134,16 +199,24 @@ impl Target {
         };
     }
 
-    /// The target's root or working directory (`"root"`, `"cwd"`), to resolve the paths it names as it
-    /// would.
-    pub(super) fn directory(&self, which: &str) -> Result<OwnedFd, Errno> {
-        nix::fcntl::open(
-            format!("/proc/{}/{which}", self.tid).as_str(),
+    /// The target's root or working directory, to resolve the paths it names as it would.
+    pub(super) fn directory(&self, which: Directory) -> Result<OwnedFd, Errno> {
+        let name = match which {
+            Directory::Cwd => "cwd",
+            Directory::Root => "root",
+        };
+        let opened = nix::fcntl::open(
+            format!("/proc/{}/{name}", self.tid).as_str(),
             nix::fcntl::OFlag::O_PATH
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
-        )
+        );
+        match opened {
+            // procfs refuses a non-dumpable process's links with EACCES.
+            Err(errno @ (Errno::EACCES | Errno::EPERM)) => self.ask(Ask::Directory(which), errno),
+            other => other,
+        }
     }
 }
 

@@ -256,7 +256,7 @@ fn the_supervisor_refuses_unlisted_sockets_and_makes_the_other_calls() {
     let (served, done) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         nix::sched::setns(child_netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        serve(listener, policy);
+        serve(listener, policy, None);
         let _ = served.send(());
     });
     let mut results = [0u8; 4 * RESULTS];
