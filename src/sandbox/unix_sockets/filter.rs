@@ -49,9 +49,12 @@ struct Table {
     prctl: Option<u32>,
 }
 
-#[cfg(target_arch = "x86_64")]
+/// This machine's own calls: libc names their numbers, which differ between x86_64 and aarch64.
 const NATIVE: Table = Table {
+    #[cfg(target_arch = "x86_64")]
     arch: AUDIT_ARCH_X86_64,
+    #[cfg(target_arch = "aarch64")]
+    arch: AUDIT_ARCH_AARCH64,
     notify: &[
         libc::SYS_connect as u32,
         libc::SYS_sendmsg as u32,
@@ -89,20 +92,6 @@ const COMPAT: Table = Table {
     refuse: &[102, 362, 369, 370, 345],
     io_uring_setup: 425,
     prctl: None,
-};
-
-#[cfg(target_arch = "aarch64")]
-const NATIVE: Table = Table {
-    arch: AUDIT_ARCH_AARCH64,
-    notify: &[
-        libc::SYS_connect as u32,
-        libc::SYS_sendmsg as u32,
-        libc::SYS_sendmmsg as u32,
-    ],
-    sendto: Some(libc::SYS_sendto as u32),
-    refuse: &[],
-    io_uring_setup: libc::SYS_io_uring_setup as u32,
-    prctl: Some(libc::SYS_prctl as u32),
 };
 
 #[cfg(target_arch = "aarch64")]
