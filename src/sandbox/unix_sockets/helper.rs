@@ -15,7 +15,8 @@ use std::sync::Mutex;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
-use nix::sys::stat::Mode;
+
+use super::pidfd;
 
 /// `PIDFD_GET_PID_NAMESPACE` (linux/pidfd.h, Linux 6.11): the PID namespace of a pidfd's process.
 const PIDFD_GET_PID_NAMESPACE: libc::c_ulong = 0xff05;
@@ -35,6 +36,17 @@ pub(super) enum Ask {
 pub(super) enum Directory {
     Cwd,
     Root,
+}
+
+impl Directory {
+    /// /proc/TID/cwd or /proc/TID/root, O_PATH.
+    pub(super) fn open(self, tid: u32) -> Result<OwnedFd, Errno> {
+        let name = match self {
+            Directory::Cwd => "cwd",
+            Directory::Root => "root",
+        };
+        pidfd::proc_open(tid, name, OFlag::O_PATH | OFlag::O_DIRECTORY)
+    }
 }
 
 /// A request: kind (1 byte), thread number, descriptor number.
@@ -199,36 +211,23 @@ fn answer(
     pidfd: Option<&OwnedFd>,
     sandbox_pid_ns: u64,
 ) -> Result<OwnedFd, Errno> {
-    let (path, flags) = match ask {
+    match ask {
         Ask::Socket(n) => {
             let pidfd = pidfd.ok_or(Errno::EINVAL)?;
             if pid_namespace(pidfd.as_fd())? != sandbox_pid_ns {
                 return Err(Errno::EPERM);
             }
-            return take(pidfd.as_fd(), n);
+            pidfd::get_fd(pidfd.as_fd(), n)
         }
-        Ask::Memory => ("mem", OFlag::O_RDWR),
-        Ask::Directory(Directory::Cwd) => ("cwd", OFlag::O_PATH | OFlag::O_DIRECTORY),
-        Ask::Directory(Directory::Root) => ("root", OFlag::O_PATH | OFlag::O_DIRECTORY),
-    };
-    nix::fcntl::open(
-        format!("/proc/{tid}/{path}").as_str(),
-        flags | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
+        Ask::Memory => pidfd::proc_open(tid, "mem", OFlag::O_RDWR),
+        Ask::Directory(which) => which.open(tid),
+    }
 }
 
 /// The inode of the PID namespace of process `pid` (a child of the caller: its number cannot be reused
 /// before the caller reaps it).
 pub fn pid_namespace_of(pid: libc::pid_t) -> Result<u64, Errno> {
-    // SAFETY: integer arguments; a returned descriptor is new and ours alone.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
-    if pidfd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: as above.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
-    pid_namespace(pidfd.as_fd())
+    pid_namespace(pidfd::open(pid, 0)?.as_fd())
 }
 
 /// The inode of the PID namespace of a pidfd's process.
@@ -241,23 +240,6 @@ fn pid_namespace(pidfd: BorrowedFd<'_>) -> Result<u64, Errno> {
     // SAFETY: as above.
     let ns = unsafe { OwnedFd::from_raw_fd(ns) };
     Ok(nix::sys::stat::fstat(&ns)?.st_ino)
-}
-
-fn take(pidfd: BorrowedFd<'_>, n: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: integer arguments only; a returned descriptor is new and ours alone.
-    let got = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_getfd,
-            pidfd.as_raw_fd(),
-            n,
-            0 as libc::c_uint,
-        )
-    };
-    if got < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 mod diag;
 pub mod filter;
 pub mod helper;
+mod pidfd;
 mod policy;
 mod target;
 

@@ -7,12 +7,13 @@
 
 use std::cell::OnceCell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use nix::errno::Errno;
 
 use super::helper::{Ask, Directory, Helper};
+use super::pidfd;
 
 pub(super) struct Target {
     /// The calling thread, as the sandbox's PID namespace numbers it.
@@ -30,8 +31,8 @@ impl Target {
     /// valid after this, `tid` may be another process that reused the number.
     pub(super) fn open(tid: u32, helper: Option<Arc<Helper>>) -> Result<Target, Errno> {
         let tid = tid as libc::pid_t;
-        let pidfd = match pidfd_open(tid, libc::PIDFD_THREAD) {
-            Err(Errno::EINVAL) => pidfd_open(thread_group(tid)?, 0)?,
+        let pidfd = match pidfd::open(tid, libc::PIDFD_THREAD) {
+            Err(Errno::EINVAL) => pidfd::open(thread_group(tid)?, 0)?,
             other => other?,
         };
         Ok(Target {
@@ -61,23 +62,10 @@ impl Target {
 
     /// A duplicate of the target's descriptor `fd` (the same open file).
     pub(super) fn fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        // SAFETY: integer arguments only; a returned descriptor is new and ours alone.
-        let got = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_getfd,
-                self.pidfd.as_raw_fd(),
-                fd,
-                0 as libc::c_uint,
-            )
-        };
-        if got < 0 {
-            return match Errno::last() {
-                Errno::EPERM => self.ask(Ask::Socket(fd), Errno::EPERM),
-                errno => Err(errno),
-            };
+        match pidfd::get_fd(self.pidfd.as_fd(), fd) {
+            Err(Errno::EPERM) => self.ask(Ask::Socket(fd), Errno::EPERM),
+            got => got,
         }
-        // SAFETY: as above.
-        Ok(unsafe { OwnedFd::from_raw_fd(got as i32) })
     }
 
     /// `len` bytes at `address`, or EFAULT as the kernel would have said.
@@ -201,33 +189,12 @@ impl Target {
 
     /// The target's root or working directory, to resolve the paths it names as it would.
     pub(super) fn directory(&self, which: Directory) -> Result<OwnedFd, Errno> {
-        let name = match which {
-            Directory::Cwd => "cwd",
-            Directory::Root => "root",
-        };
-        let opened = nix::fcntl::open(
-            format!("/proc/{}/{name}", self.tid).as_str(),
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        );
-        match opened {
+        match which.open(self.tid as u32) {
             // procfs refuses a non-dumpable process's links with EACCES.
             Err(errno @ (Errno::EACCES | Errno::EPERM)) => self.ask(Ask::Directory(which), errno),
             other => other,
         }
     }
-}
-
-fn pidfd_open(pid: libc::pid_t, flags: libc::c_uint) -> Result<OwnedFd, Errno> {
-    // SAFETY: integer arguments; a returned descriptor is new and ours alone.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// The process of thread `tid`, from /proc (kernels without pidfds of threads).

@@ -22,11 +22,7 @@ fn requests_survive_the_trip_and_garbage_is_refused() {
 /// (here the test's own process, against a namespace it is not in) gets EPERM, and nothing is opened.
 #[test]
 fn a_socket_is_taken_only_from_a_process_of_the_sandbox() {
-    // SAFETY: integer arguments; the descriptor is new and ours alone.
-    let own = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0 as libc::c_uint) };
-    assert!(own >= 0, "pidfd_open: {}", Errno::last());
-    // SAFETY: as above.
-    let own = unsafe { OwnedFd::from_raw_fd(own as i32) };
+    let own = pidfd::open(std::process::id() as libc::pid_t, 0).unwrap();
     let own_ns = pid_namespace_of(std::process::id() as libc::pid_t).unwrap();
     let stdin = answer(Ask::Socket(0), 0, Some(&own), own_ns);
     assert!(stdin.is_ok(), "{stdin:?}");
