@@ -300,7 +300,7 @@ fn keeper() -> Result<i32, InitError> {
             let helper = unix_sockets::helper::pid_namespace_of(child.as_raw())
                 .ok()
                 .map(|sandbox_pid_ns| (helper_end, sandbox_pid_ns));
-            let status = keep(child, &forwarded, helper);
+            let status = supervise(child, &forwarded, helper);
             drop(keeper_end);
             status
         }
@@ -337,20 +337,11 @@ fn forwarded_set() -> SigSet {
 }
 
 /// Waits for `child`, passing on forwarded signals and reaping every other child that ends (PID 1 inherits
-/// the orphans of the namespace). Returns the exit status the shell convention gives `child`.
-fn supervise(child: Pid, forwarded: &SigSet) -> Result<i32, InitError> {
-    loop {
-        let signal = forwarded.wait().context(|| "waiting for signals".into())?;
-        if let Some(code) = on_signal(child, signal)? {
-            return Ok(code);
-        }
-    }
-}
-
-/// The keeper's `supervise`, answering the socket supervisor's requests (`unix_sockets::helper`: the
-/// socket and the sandbox's PID namespace) meanwhile. In one thread, polling: a process that made a PID
-/// namespace for its children can start no thread.
-fn keep(
+/// the orphans of the namespace). Returns the exit status the shell convention gives `child`. The keeper
+/// answers the socket supervisor's requests meanwhile (`helper`: the socket and the sandbox's PID
+/// namespace; `unix_sockets::helper`), polling in its one thread: a process that made a PID namespace for
+/// its children can start no thread.
+fn supervise(
     child: Pid,
     forwarded: &SigSet,
     mut helper: Option<(OwnedFd, u64)>,
@@ -474,7 +465,7 @@ fn pid1(
                 return Err(error);
             }
             drop(keeper_alive);
-            supervise(child, forwarded)
+            supervise(child, forwarded, None)
         }
     }
 }
