@@ -86,10 +86,7 @@ impl Aws {
     pub fn configure<'n>(&self, builder: DaemonBuilder<'n>) -> DaemonBuilder<'n> {
         builder
             .env(TOKEN_VAR, &self.session_token)
-            .daemon_toml(&format!(
-                "upstream_ca = [{:?}]",
-                self.ca_pem.display().to_string()
-            ))
+            .upstream_ca(&self.ca_pem)
             .profile_toml("default", r#"integrations = ["aws"]"#)
             .extra_toml(&format!(
                 r#"

@@ -77,6 +77,14 @@ impl<'n> DaemonBuilder<'n> {
         self
     }
 
+    /// `upstream_ca` in `[daemon]`: the test CA the daemon verifies upstreams with.
+    pub fn upstream_ca(self, ca_pem: &Path) -> Self {
+        self.daemon_toml(&format!(
+            "upstream_ca = [{:?}]",
+            ca_pem.display().to_string()
+        ))
+    }
+
     /// TOML lines added to the base profile `profile` (`default`, `locked` or `rootonly`), e.g.
     /// `integrations = ["api"]`.
     pub fn profile_toml(mut self, profile: &str, toml: &str) -> Self {

@@ -343,10 +343,7 @@ impl TlsUpstream {
     pub fn configure<'n>(&self, builder: DaemonBuilder<'n>) -> DaemonBuilder<'n> {
         builder
             .env(SECRET_VAR, &self.secret)
-            .daemon_toml(&format!(
-                "upstream_ca = [{:?}]",
-                self.ca_pem.display().to_string()
-            ))
+            .upstream_ca(&self.ca_pem)
             .profile_toml("default", r#"integrations = ["api", "basic"]"#)
             .profile_toml("locked", &format!(r#"allow_hosts = ["{ALLOWED_HOST}"]"#))
             .extra_toml(&format!(

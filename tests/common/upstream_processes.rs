@@ -57,10 +57,7 @@ impl Churn {
     pub fn configure<'n>(&self, builder: DaemonBuilder<'n>) -> DaemonBuilder<'n> {
         builder
             .env(CHURN_SECRET_VAR, &self.secret)
-            .daemon_toml(&format!(
-                "upstream_ca = [{:?}]",
-                self.ca_pem.display().to_string()
-            ))
+            .upstream_ca(&self.ca_pem)
             .profile_toml("default", r#"integrations = ["churn"]"#)
             .extra_toml(&format!(
                 r#"

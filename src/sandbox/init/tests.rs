@@ -193,6 +193,23 @@ fn clear(set: &str) -> Call {
     Call::ClearCapabilities(set.to_string())
 }
 
+/// How the command and PID 1 alike drop to the caller of `spec()`: bounding set (41 capabilities on
+/// the fake), groups, gid, uid, every capability set, no_new_privs.
+fn becoming_the_caller() -> Vec<Call> {
+    let mut calls: Vec<Call> = (0..41).map(Call::DropFromBoundingSet).collect();
+    calls.extend([
+        Call::SetGroups(vec![1001, 27]),
+        Call::SetGid(1001),
+        Call::SetUid(1000),
+        clear("Ambient"),
+        clear("Inheritable"),
+        clear("Effective"),
+        clear("Permitted"),
+        Call::SetNoNewPrivs,
+    ]);
+    calls
+}
+
 /// Where the first call `matches` is in `calls`.
 fn position(calls: &[Call], matches: impl Fn(&Call) -> bool) -> usize {
     calls
@@ -215,16 +232,8 @@ fn the_command_becomes_the_caller_in_order_then_execs() {
         },
         Call::NewSession,
     ];
-    expected.extend((0..41).map(Call::DropFromBoundingSet));
+    expected.extend(becoming_the_caller());
     expected.extend([
-        Call::SetGroups(vec![1001, 27]),
-        Call::SetGid(1001),
-        Call::SetUid(1000),
-        clear("Ambient"),
-        clear("Inheritable"),
-        clear("Effective"),
-        clear("Permitted"),
-        Call::SetNoNewPrivs,
         Call::Chdir(PathBuf::from("/home/caller")),
         Call::OnlyStdioOnExec,
         Call::SetDumpable(true),
@@ -297,19 +306,8 @@ fn no_privilege_outlives_the_step_that_needs_it() {
 fn pid1_becomes_the_caller_before_it_serves() {
     let mut fake = Fake::default();
     become_supervisor(&mut fake, &spec()).unwrap();
-    let mut expected: Vec<Call> = (0..41).map(Call::DropFromBoundingSet).collect();
-    expected.extend([
-        Call::SetGroups(vec![1001, 27]),
-        Call::SetGid(1001),
-        Call::SetUid(1000),
-        clear("Ambient"),
-        clear("Inheritable"),
-        clear("Effective"),
-        clear("Permitted"),
-        Call::SetNoNewPrivs,
-        Call::SetDumpable(false),
-        Call::SetParentDeathSignal,
-    ]);
+    let mut expected = becoming_the_caller();
+    expected.extend([Call::SetDumpable(false), Call::SetParentDeathSignal]);
     assert_eq!(fake.calls, expected);
     for step in 0..expected.len() {
         let mut fake = Fake {
